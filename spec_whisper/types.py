@@ -1,0 +1,58 @@
+"""Options and results shared by the engine, the Triton models and the benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TASKS = ("transcribe", "translate")
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    # ISO 639-1 code such as "en"; None detects the language from the audio.
+    language: str | None = None
+    # "transcribe" keeps the spoken language, "translate" produces English.
+    task: str = "transcribe"
+    # False runs the main model alone (plain greedy); the output is identical either way.
+    speculative: bool = True
+    # Tokens the assistant drafts per main pass; None lets the engine choose from the batch size.
+    draft_length: int | None = None
+    # Grow the draft by 2 after a fully accepted draft and shrink it by 1 otherwise.
+    adaptive_draft: bool = True
+    # Upper bound on generated tokens, not counting the prompt.
+    max_new_tokens: int = 444
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
+        if self.draft_length is not None and not 0 <= self.draft_length <= 32:
+            raise ValueError(f"draft_length must be in [0, 32], got {self.draft_length}")
+        if not 1 <= self.max_new_tokens <= 444:
+            raise ValueError(f"max_new_tokens must be in [1, 444], got {self.max_new_tokens}")
+
+
+@dataclass
+class DecodingStats:
+    # Tokens the assistant proposed and tokens of those the main model kept.
+    drafted: int = 0
+    accepted: int = 0
+    # Forward passes of the main decoder, prompt pass included.
+    main_passes: int = 0
+    # Histogram: accept_counts[n] is how many verify passes accepted exactly n draft tokens.
+    accept_counts: list[int] = field(default_factory=list)
+    features_s: float = 0.0
+    encoder_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+@dataclass
+class Transcription:
+    text: str
+    # Generated tokens only: no prompt, no end-of-text.
+    tokens: list[int]
+    language: str
+    stats: DecodingStats
