@@ -25,8 +25,8 @@ class DecodingOptions:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
-        if self.draft_length is not None and not 0 <= self.draft_length <= 32:
-            raise ValueError(f"draft_length must be in [0, 32], got {self.draft_length}")
+        if self.draft_length is not None and not 0 <= self.draft_length <= 16:
+            raise ValueError(f"draft_length must be in [0, 16], got {self.draft_length}")
         if not 1 <= self.max_new_tokens <= 444:
             raise ValueError(f"max_new_tokens must be in [1, 444], got {self.max_new_tokens}")
 

@@ -17,7 +17,7 @@ _DEFAULT_SPEECH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "d
 def speech_dir() -> Path:
     path = Path(os.environ.get("SPEECH_DATA_DIR", _DEFAULT_SPEECH_DIR))
     if not (path / "manifest.jsonl").is_file():
-        pytest.skip(f"speech clips not found at {path}; set SPEECH_DATA_DIR")
+        pytest.fail(f"speech clips not found at {path}; set SPEECH_DATA_DIR")
     return path
 
 

@@ -1,0 +1,96 @@
+"""Drafters propose the tokens the main model verifies. One class per drafting strategy."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from .decoder import DecoderCache, WhisperDecoderRunner
+
+__all__ = ["MAX_DRAFT", "AssistantDrafter", "DraftLengthPolicy", "Drafter"]
+
+MAX_DRAFT = 16
+
+
+class Drafter(Protocol):
+    def draft_length(self) -> int:
+        """Tokens to draft for the next verify pass (0 means a plain greedy step)."""
+
+    def propose(self, seq: Tensor, length: Tensor, k: int, filters) -> Tensor:
+        """`k` draft tokens `[B, k]` continuing `seq[b, :length[b]]` for every row."""
+
+    def observe(self, n_accepted: Tensor, k: int) -> None:
+        """Learn from how many of the `k` drafted tokens each row accepted."""
+
+    def keep(self, rows: Tensor) -> None:
+        """Drop finished rows; `rows` are the indices of those still decoding."""
+
+
+class DraftLengthPolicy:
+    """Constant draft length, or the adaptive heuristic: +2 after a fully accepted draft, -1 otherwise.
+
+    Each row adapts on its own; the batch drafts the rounded-up mean so that one unlucky row
+    does not shrink the drafts of the others and one lucky row does not inflate everyone's.
+    """
+
+    def __init__(self, batch: int, initial: int, adaptive: bool, maximum: int = MAX_DRAFT) -> None:
+        self.lengths = torch.full((batch,), float(initial))
+        self.adaptive = adaptive
+        self.maximum = maximum
+
+    def current(self) -> int:
+        return int(torch.ceil(self.lengths.mean())) if self.lengths.numel() else 0
+
+    def observe(self, n_accepted: Tensor, k: int) -> None:
+        if self.adaptive and k > 0:
+            grown = torch.where(n_accepted >= k, self.lengths + 2, (self.lengths - 1).clamp(min=1))
+            self.lengths = grown.clamp(max=self.maximum)
+
+    def keep(self, rows: Tensor) -> None:
+        self.lengths = self.lengths[rows]
+
+
+class AssistantDrafter:
+    """Greedy drafts from a smaller Whisper decoder over its own static cache.
+
+    The assistant's cache is valid up to `fed[b]`; before drafting it catches up on the tokens
+    the main model committed since (one, or two after a fully accepted draft). Feeding the same
+    window width to every row re-writes a few already-valid slots, which is cheaper than padding.
+    """
+
+    def __init__(self, runner: WhisperDecoderRunner, cache: DecoderCache, policy: DraftLengthPolicy) -> None:
+        self.runner = runner
+        self.cache = cache
+        self.policy = policy
+        self.fed = torch.zeros(cache.self_k.shape[1], dtype=torch.long)
+        self._drafted_from = self.fed
+
+    def draft_length(self) -> int:
+        return self.policy.current()
+
+    def propose(self, seq: Tensor, length: Tensor, k: int, filters) -> Tensor:
+        width = int((length - self.fed).max())
+        start = length - width
+        tokens = seq.gather(1, start[:, None] + torch.arange(width))
+        drafts = []
+        for i in range(k):
+            logits = self.runner.forward(tokens, start, self.cache)[:, -1:]
+            tokens = filters(logits, i).argmax(-1)
+            drafts.append(tokens)
+            start = length + i
+        # Slots past the last fed draft are stale; observe() trims to what the main model accepted.
+        self.fed = length + k - 1
+        self._drafted_from = length
+        return torch.cat(drafts, dim=1)
+
+    def observe(self, n_accepted: Tensor, k: int) -> None:
+        self.fed = torch.minimum(self.fed, self._drafted_from + n_accepted)
+        self.policy.observe(n_accepted, k)
+
+    def keep(self, rows: Tensor) -> None:
+        self.cache = self.cache.select(rows)
+        self.fed = self.fed[rows]
+        self._drafted_from = self._drafted_from[rows]
+        self.policy.keep(rows)

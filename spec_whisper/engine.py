@@ -1,0 +1,180 @@
+"""The engine: 16 kHz audio in, Whisper tokens and text out, with exact speculative decoding."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .decoder import WhisperDecoderRunner
+from .drafters import AssistantDrafter, DraftLengthPolicy
+from .features import LogMelSpectrogram
+from .loading import AssistantEncoder, LoadedModels, load_models
+from .logit_filters import LogitFilter, SuppressAtBegin, SuppressTokens
+from .speculative import DecodeRequest, generate
+from .tokens import SpecialTokens
+from .types import DecodingOptions, Transcription
+
+__all__ = ["DEFAULT_DRAFT_LENGTH", "EncoderStates", "SpeculativeWhisper"]
+
+DEFAULT_DRAFT_LENGTH = 5
+
+
+@dataclass
+class EncoderStates:
+    main: Tensor  # [B, frames, d_model] from the main encoder
+    assistant: Tensor | None = None  # [B, frames, d_assistant], only for an assistant with its own encoder
+
+    def rows(self, index: Tensor) -> EncoderStates:
+        own = None if self.assistant is None else self.assistant[index]
+        return EncoderStates(self.main[index], own)
+
+
+class SpeculativeWhisper:
+    def __init__(self, models: LoadedModels, device: str = "cpu") -> None:
+        self.models = models
+        self.device = torch.device(device)
+        self.tokens = SpecialTokens.from_generation_config(models.generation_config)
+        self.tokenizer = models.tokenizer
+        self.n_mels = models.main.config.num_mel_bins
+        self.features = LogMelSpectrogram(self.n_mels).to(self.device)
+        self.main = WhisperDecoderRunner(models.main.model.decoder, models.main.proj_out.weight)
+        self.assistant = None
+        if models.assistant is not None:
+            self.assistant = WhisperDecoderRunner(
+                models.assistant.model.decoder, models.assistant.proj_out.weight
+            )
+        self.filters: list[LogitFilter] = [
+            SuppressTokens(self.tokens.suppress),
+            SuppressAtBegin(self.tokens.begin_suppress),
+        ]
+
+    @classmethod
+    def load(
+        cls,
+        main: str | Path,
+        assistant: str | Path | None = None,
+        precision: str = "fp32",
+        device: str = "cpu",
+        assistant_encoder: AssistantEncoder = "auto",
+    ) -> SpeculativeWhisper:
+        return cls(load_models(main, assistant, precision, device, assistant_encoder), device)
+
+    def check_language(self, language: str | None) -> None:
+        self.tokens.check_language(language)
+
+    @torch.inference_mode()
+    def log_mel(self, pcm: Sequence[np.ndarray]) -> Tensor:
+        """`[B, n_mels, 3000]` features of 16 kHz clips of at most 30 s each."""
+        return self.features.from_pcm(list(pcm)).to(self.device)
+
+    @torch.inference_mode()
+    def encode(self, mel: Tensor) -> EncoderStates:
+        dtype = self.models.main.dtype
+        states = self.models.main.model.encoder(mel.to(self.device, dtype)).last_hidden_state
+        if not self.models.assistant_has_encoder:
+            return EncoderStates(states)
+        own = self.models.assistant.model.encoder(mel.to(self.device, dtype)).last_hidden_state
+        return EncoderStates(states, own)
+
+    @torch.inference_mode()
+    def decode(self, states: EncoderStates, options: Sequence[DecodingOptions]) -> list[Transcription]:
+        """Decode every row with its own options; rows sharing a decoding mode form one batch."""
+        if len(options) != states.main.shape[0]:
+            raise ValueError(f"{len(options)} option sets for {states.main.shape[0]} encoded windows")
+        for opts in options:
+            self.check_language(opts.language)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, opts in enumerate(options):
+            speculative = opts.speculative and self.assistant is not None
+            groups[(speculative, opts.draft_length, opts.adaptive_draft)].append(i)
+        results: list[Transcription | None] = [None] * len(options)
+        for (speculative, draft_length, adaptive), rows in groups.items():
+            group = [options[i] for i in rows]
+            decoded = self._decode_group(
+                states.rows(torch.tensor(rows)), group, speculative, draft_length, adaptive
+            )
+            for i, result in zip(rows, decoded, strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _decode_group(
+        self,
+        states: EncoderStates,
+        options: list[DecodingOptions],
+        speculative: bool,
+        draft_length: int | None,
+        adaptive: bool,
+    ) -> list[Transcription]:
+        began = time.perf_counter()
+        batch = len(options)
+        cache = self.main.new_cache(states.main)
+        languages, cached = [o.language or "en" for o in options], 0
+        if self.tokens.multilingual and any(o.language is None for o in options):
+            detected = self._detect_language(cache, batch)
+            languages = [o.language or d for o, d in zip(options, detected, strict=True)]
+            cached = 1
+        prompt = torch.tensor(
+            [self.tokens.prompt(lang, o.task) for lang, o in zip(languages, options, strict=True)]
+        )
+        limit = prompt.shape[1] + torch.tensor([o.max_new_tokens for o in options])
+        drafter = None
+        if speculative:
+            assert self.assistant is not None
+            own = states.assistant if states.assistant is not None else states.main
+            policy = DraftLengthPolicy(
+                batch, DEFAULT_DRAFT_LENGTH if draft_length is None else draft_length, adaptive
+            )
+            drafter = AssistantDrafter(self.assistant, self.assistant.new_cache(own), policy)
+        tokens, stats = generate(
+            self.main,
+            cache,
+            DecodeRequest(prompt, limit, cached),
+            self.filters,
+            self.tokens.end_of_text,
+            drafter,
+        )
+        elapsed = time.perf_counter() - began
+        for s in stats:
+            s.decode_s = elapsed
+        return [
+            Transcription(self.text(t), t, lang, s)
+            for t, lang, s in zip(tokens, languages, stats, strict=True)
+        ]
+
+    def _detect_language(self, cache, batch: int) -> list[str]:
+        """Whisper's language detection: the most likely language token after `<|startoftranscript|>`."""
+        start = torch.full((batch, 1), self.tokens.start_of_transcript)
+        logits = self.main.forward(start, torch.zeros(batch, dtype=torch.long), cache)[:, 0]
+        ids = torch.tensor(list(self.tokens.languages.values()))
+        best = ids[logits[:, ids].argmax(-1)]
+        return [self.tokens.language_of(int(t)) for t in best]
+
+    def text(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip() if self.tokenizer else ""
+
+    def transcribe(
+        self,
+        pcm: Sequence[np.ndarray],
+        options: Sequence[DecodingOptions] | DecodingOptions | None = None,
+    ) -> list[Transcription]:
+        """Features, encoder and decoder for clips of at most 30 s; one option set or one per clip."""
+        if options is None:
+            options = DecodingOptions()
+        if isinstance(options, DecodingOptions):
+            options = [options] * len(pcm)
+        began = time.perf_counter()
+        mel = self.log_mel(pcm)
+        featured = time.perf_counter()
+        states = self.encode(mel)
+        encoded = time.perf_counter()
+        results = self.decode(states, options)
+        for r in results:
+            r.stats.features_s, r.stats.encoder_s = featured - began, encoded - featured
+        return results

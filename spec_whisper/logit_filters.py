@@ -1,0 +1,44 @@
+"""Rules applied to the logits before each greedy choice, per verified position."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = ["LogitFilter", "SuppressAtBegin", "SuppressTokens", "apply_filters"]
+
+
+class LogitFilter(Protocol):
+    def apply(self, logits: Tensor, generated: Tensor) -> None:
+        """Edit `logits [B, T, vocab]` in place; `generated [B, T]` counts the tokens generated
+        before each position, so a speculative pass filters each position as greedy would."""
+
+
+class SuppressTokens:
+    def __init__(self, tokens: tuple[int, ...]) -> None:
+        self.tokens = list(tokens)
+
+    def apply(self, logits: Tensor, generated: Tensor) -> None:
+        logits[..., self.tokens] = -torch.inf
+
+
+class SuppressAtBegin:
+    """Forbid `tokens` as the first generated token (Whisper must not open with a blank or end)."""
+
+    def __init__(self, tokens: tuple[int, ...]) -> None:
+        self.tokens = list(tokens)
+
+    def apply(self, logits: Tensor, generated: Tensor) -> None:
+        first = generated == 0
+        if first.any():
+            rows = logits[first]
+            rows[:, self.tokens] = -torch.inf
+            logits[first] = rows
+
+
+def apply_filters(filters: list[LogitFilter], logits: Tensor, generated: Tensor) -> Tensor:
+    for f in filters:
+        f.apply(logits, generated)
+    return logits

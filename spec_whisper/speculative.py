@@ -1,0 +1,96 @@
+"""Exact greedy decoding, speculative or plain, for a batch with per-row acceptance.
+
+Each pass the drafter proposes `k` tokens for every row; the main decoder scores the pending
+token plus the `k` drafts in one forward; each row keeps its drafts up to its own first mismatch
+plus the main model's token at that position. With `k = 0` this is plain greedy decoding. Rows
+advance by different amounts and never wait for each other, and a finished row leaves the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from .decoder import DecoderCache, WhisperDecoderRunner, compaction_order
+from .drafters import MAX_DRAFT, Drafter
+from .logit_filters import LogitFilter, apply_filters
+from .types import DecodingStats
+
+__all__ = ["DecodeRequest", "generate"]
+
+
+@dataclass
+class DecodeRequest:
+    prompt: Tensor  # [B, P] int64, the same length P for every row
+    limit: Tensor  # [B] the most tokens a row may hold, prompt included
+    cached: int = 0  # prompt tokens already in the main cache (1 after language detection)
+
+
+def _filter_at(filters: list[LogitFilter], generated: Tensor, logits: Tensor, offset: int | Tensor) -> Tensor:
+    return apply_filters(filters, logits, generated[:, None] + offset)
+
+
+def generate(
+    main: WhisperDecoderRunner,
+    cache: DecoderCache,
+    request: DecodeRequest,
+    filters: list[LogitFilter],
+    end_of_text: int,
+    drafter: Drafter | None = None,
+) -> tuple[list[list[int]], list[DecodingStats]]:
+    """Greedy tokens (prompt and end-of-text excluded) and statistics for every row."""
+    batch, prompt_len = request.prompt.shape
+    seq = torch.zeros(batch, main.max_positions + 1, dtype=torch.long)
+    seq[:, :prompt_len] = request.prompt
+    length = torch.full((batch,), prompt_len)
+    limit = request.limit.clamp(max=main.max_positions)
+    rows = torch.arange(batch)
+    counts = torch.zeros(batch, 3, dtype=torch.long)  # drafted, accepted, main passes
+    histogram = torch.zeros(batch, MAX_DRAFT + 1, dtype=torch.long)
+    results: list[list[int]] = [[] for _ in range(batch)]
+    pending = prompt_len - request.cached
+    while rows.numel():
+        filter_at = partial(_filter_at, filters, length - prompt_len)
+        # 1. Draft, never past the last cache slot.
+        k = min(drafter.draft_length(), main.max_positions - int(length.max())) if drafter else 0
+        draft = drafter.propose(seq, length, k, filter_at) if k > 0 else seq.new_empty(len(rows), 0)
+        # 2. Verify the pending token(s) plus the drafts in one forward.
+        start = length - pending
+        tokens = torch.cat([seq.gather(1, start[:, None] + torch.arange(pending)), draft], dim=1)
+        logits = main.forward(tokens, start, cache)[:, pending - 1 :]
+        greedy = filter_at(logits, torch.arange(k + 1)).argmax(-1)
+        # 3. Each row keeps its drafts up to its first mismatch, plus the main model's next token.
+        n_accepted = (draft == greedy[:, :k]).cumprod(dim=1).sum(dim=1)
+        seq.scatter_(1, length[:, None] + torch.arange(k + 1), greedy)
+        is_end = (greedy == end_of_text) & (torch.arange(k + 1) <= n_accepted[:, None])
+        ended = is_end.any(dim=1)
+        length = torch.where(ended, length + is_end.int().argmax(dim=1), length + n_accepted + 1)
+        length = torch.minimum(length, limit)
+        pending = 1
+        counts[rows] += torch.stack(
+            [torch.full_like(n_accepted, k), n_accepted, torch.ones_like(n_accepted)], 1
+        )
+        if k:
+            histogram[rows, n_accepted] += 1
+            drafter.observe(n_accepted, k)
+        # 4. Retire finished rows from every cache.
+        finished = ended | (length >= limit)
+        if finished.any():
+            for i in finished.nonzero().flatten().tolist():
+                results[int(rows[i])] = seq[i, prompt_len : length[i]].tolist()
+            order = compaction_order(finished)
+            seq, length, limit, rows = seq[order], length[order], limit[order], rows[order]
+            cache = cache.select(order)
+            if drafter is not None:
+                drafter.keep(order)
+    return results, [_stats(c, h) for c, h in zip(counts.tolist(), histogram.tolist(), strict=True)]
+
+
+def _stats(counts: list[int], histogram: list[int]) -> DecodingStats:
+    used = max((n + 1 for n, c in enumerate(histogram) if c), default=0)
+    return DecodingStats(
+        drafted=counts[0], accepted=counts[1], main_passes=counts[2], accept_counts=histogram[:used]
+    )

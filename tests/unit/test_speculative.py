@@ -1,0 +1,134 @@
+"""Speculative decoding equals greedy decoding, token for token, on tiny random-weight models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import WhisperForConditionalGeneration
+
+from spec_whisper.decoder import compaction_order
+from spec_whisper.drafters import DraftLengthPolicy
+from spec_whisper.engine import SpeculativeWhisper
+from spec_whisper.loading import make_tiny_models
+from spec_whisper.types import DecodingOptions
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def noise() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal(16000 * s)).astype(np.float32) for s in (2, 5, 9, 14, 3, 30)]
+
+
+def _decode(engine: SpeculativeWhisper, pcm: list[np.ndarray], **options) -> list[list[int]]:
+    states = engine.encode(engine.log_mel(pcm))
+    max_new = options.pop("max_new", [30] * len(pcm))
+    opts = [DecodingOptions(language="en", max_new_tokens=m, **options) for m in max_new]
+    return [r.tokens for r in engine.decode(states, opts)]
+
+
+@pytest.mark.parametrize("assistant", ["decoder_only", "full", "main"])
+@pytest.mark.parametrize("draft_length", [1, 4, 7])
+def test_speculative_equals_greedy(tiny, noise, assistant: str, draft_length: int) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], tiny[assistant])
+    # Different limits per row make rows finish at different steps and leave the batch mid-way.
+    max_new = [5, 30, 17, 1, 44, 9]
+    greedy = _decode(engine, noise, speculative=False, max_new=list(max_new))
+    speculative = _decode(engine, noise, speculative=True, draft_length=draft_length, max_new=list(max_new))
+    assert speculative == greedy
+    assert [len(t) for t in greedy] == max_new  # random weights never say end-of-text here
+
+
+def test_batch_rows_equal_single_rows(tiny, noise) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["decoder_only"])
+    batched = _decode(engine, noise, speculative=True)
+    singles = [_decode(engine, [clip], speculative=True)[0] for clip in noise]
+    assert batched == singles
+
+
+def test_greedy_equals_transformers_generate(tiny, noise) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"])
+    mel = engine.log_mel(noise[:3])
+    ours = [r.tokens for r in engine.decode(engine.encode(mel), [DecodingOptions(max_new_tokens=25)] * 3)]
+    reference = WhisperForConditionalGeneration.from_pretrained(tiny["main"])
+    out = reference.generate(mel, task="transcribe", max_new_tokens=25, do_sample=False, num_beams=1)
+    theirs = [[t for t in row.tolist() if t < 50257] for row in out]
+    assert ours == theirs
+
+
+def test_identical_assistant_accepts_every_draft(tiny, noise) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])
+    states = engine.encode(engine.log_mel(noise[:2]))
+    options = DecodingOptions(language="en", max_new_tokens=40, draft_length=4, adaptive_draft=False)
+    for result in engine.decode(states, [options] * 2):
+        assert result.stats.accepted == result.stats.drafted > 0
+        # Every pass yields its 4 drafts plus the main model's own token: 40 tokens in 8 passes.
+        assert result.stats.main_passes == 8
+
+
+def test_random_assistant_is_rejected_and_output_unchanged(tiny, noise) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["decoder_only"])
+    states = engine.encode(engine.log_mel(noise[:1]))
+    spec = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=30, draft_length=3)])[0]
+    plain = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=30, speculative=False)])[0]
+    assert spec.tokens == plain.tokens
+    assert spec.stats.acceptance_rate < 0.2
+    assert plain.stats.drafted == 0 and plain.stats.main_passes == 30
+
+
+def test_drafts_that_run_past_max_length_are_cut(tiny, noise) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])
+    for limit in (1, 2, 3, 6):
+        spec = _decode(engine, noise[:2], speculative=True, draft_length=8, max_new=[limit, limit])
+        assert [len(t) for t in spec] == [limit, limit]
+        assert spec == _decode(engine, noise[:2], speculative=False, max_new=[limit, limit])
+
+
+def test_mixed_modes_in_one_batch(tiny, noise) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["decoder_only"])
+    states = engine.encode(engine.log_mel(noise[:4]))
+    options = [
+        DecodingOptions(language="en", speculative=True, max_new_tokens=20),
+        DecodingOptions(language="de", speculative=False, max_new_tokens=20),
+        DecodingOptions(language=None, speculative=True, draft_length=2, max_new_tokens=20),
+        DecodingOptions(language="fr", task="translate", speculative=False, max_new_tokens=20),
+    ]
+    mixed = engine.decode(states, options)
+    for i, opts in enumerate(options):
+        alone = engine.decode(states.rows(torch.tensor([i])), [opts])[0]
+        assert mixed[i].tokens == alone.tokens
+        assert mixed[i].language == alone.language
+    assert mixed[1].language == "de"
+    assert mixed[0].stats.drafted > 0 and mixed[1].stats.drafted == 0
+
+
+def test_unknown_language_is_refused(tiny, noise) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"])
+    states = engine.encode(engine.log_mel(noise[:1]))
+    with pytest.raises(ValueError, match="unknown language 'xx'"):
+        engine.decode(states, [DecodingOptions(language="xx")])
+
+
+def test_compaction_order_moves_only_rows_past_the_new_end() -> None:
+    finished = torch.tensor([False, True, False, True, False, False])
+    order = compaction_order(finished)
+    assert order.tolist() == [0, 4, 2, 5]
+    assert sorted(order.tolist()) == (~finished).nonzero().flatten().tolist()
+
+
+def test_adaptive_draft_length_grows_by_two_and_shrinks_by_one() -> None:
+    policy = DraftLengthPolicy(batch=1, initial=5, adaptive=True)
+    policy.observe(torch.tensor([5]), k=5)
+    assert policy.current() == 7
+    policy.observe(torch.tensor([2]), k=7)
+    assert policy.current() == 6
+    fixed = DraftLengthPolicy(batch=1, initial=5, adaptive=False)
+    fixed.observe(torch.tensor([0]), k=5)
+    assert fixed.current() == 5
