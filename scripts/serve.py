@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.error
@@ -154,11 +155,19 @@ class TritonServer:
         # The model.py files import spec_whisper; from a source checkout that is not pip-installed,
         # the project root must be on the stub's path (harmless when it is installed).
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+        # The stub links libpython dynamically; put this interpreter's own first, or the loader may
+        # pick a system libpython of another patch release whose symbols our extension modules lack
+        # (seen here: Debian's 3.11.2 under pyenv's 3.11.7 fails to import _ssl).
+        libs = (
+            [Path(sysconfig.get_config_var("LIBDIR") or "")]
+            if sysconfig.get_config_var("Py_ENABLE_SHARED")
+            else []
+        )
         dist = _pytriton_dist()
         if dist is not None and self.binary.is_relative_to(dist):
-            libs = [dist.parent.parent / "nvidia_pytriton.libs", dist / "lib"]
-            extra = os.pathsep.join(str(p) for p in libs if p.exists())
-            env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (env.get("LD_LIBRARY_PATH"), extra) if p)
+            libs += [dist.parent.parent / "nvidia_pytriton.libs", dist / "lib"]
+        paths = [str(p) for p in libs if p.is_dir()]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*paths, *filter(None, [env.get("LD_LIBRARY_PATH")])])
         return env
 
     def start(self, timeout_s: float = 300.0) -> TritonServer:

@@ -1,0 +1,280 @@
+"""Glue between Triton request tensors (numpy arrays) and the engine, shared by the model.py files.
+
+No Triton import here: the Python backend hands each model.py numpy arrays, and everything that
+interprets them lives in this module so it is written (and unit-testable) once. Every function that
+reads client input raises ValueError (or its subclass AudioError) with a message fit for the client;
+model.py maps that to INVALID_ARG.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spec_whisper.audio import SAMPLE_RATE, decode_audio, prepare_pcm
+from spec_whisper.chunking import Window, merge_windows, split_windows
+from spec_whisper.engine import EncoderStates, SpeculativeWhisper
+from spec_whisper.types import DecodingOptions, DecodingStats, Transcription
+
+__all__ = [
+    "Cancelled",
+    "RequestRows",
+    "decode_options",
+    "decode_requests",
+    "device_for",
+    "encode_options",
+    "engine_arguments",
+    "error_response",
+    "language_of",
+    "parameters",
+    "parse_options",
+    "read_audio",
+    "request_rows",
+    "resolve_path",
+    "result_arrays",
+    "stats_row",
+    "window_arrays",
+    "windows_for",
+    "windows_from_array",
+]
+
+# Overlap of neighbouring 30 s windows, (left, right) seconds: the transformers pipeline's layout.
+WINDOW_S = 30.0
+STRIDE_S = (5.0, 5.0)
+
+
+def _one(array: np.ndarray | None, name: str) -> np.ndarray | None:
+    """A request's tensor without its batch dimension, insisting on batch size 1."""
+    if array is None:
+        return None
+    if array.ndim == 0 or array.shape[0] != 1:
+        raise ValueError(
+            f"{name}: send one clip per request (batch dimension 1), got shape {list(array.shape)}; "
+            "the server batches concurrent requests itself"
+        )
+    return array[0]
+
+
+def _scalar(array: np.ndarray | None, name: str) -> object | None:
+    value = _one(array, name)
+    if value is None:
+        return None
+    if value.size != 1:
+        raise ValueError(f"{name} must hold one value, got shape {list(value.shape)}")
+    return value.reshape(-1)[0]
+
+
+def _text(array: np.ndarray | None, name: str) -> str | None:
+    value = _scalar(array, name)
+    if value is None:
+        return None
+    try:
+        text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name} is not valid UTF-8") from e
+    return text.strip() or None
+
+
+def parse_options(
+    language: np.ndarray | None = None,
+    task: np.ndarray | None = None,
+    speculative: np.ndarray | None = None,
+    draft_length: np.ndarray | None = None,
+    max_new_tokens: np.ndarray | None = None,
+) -> DecodingOptions:
+    """The client's optional inputs (None when absent) as validated DecodingOptions (docs/api.md)."""
+    kwargs: dict[str, object] = {}
+    if (code := _text(language, "LANGUAGE")) is not None:
+        kwargs["language"] = code.lower()
+    if (name := _text(task, "TASK")) is not None:
+        kwargs["task"] = name.lower()
+    if (flag := _scalar(speculative, "SPECULATIVE")) is not None:
+        kwargs["speculative"] = bool(flag)
+    if (k := _scalar(draft_length, "DRAFT_LENGTH")) is not None and int(k) != 0:  # type: ignore[call-overload]
+        kwargs["draft_length"] = int(k)  # type: ignore[call-overload]
+    if (n := _scalar(max_new_tokens, "MAX_NEW_TOKENS")) is not None:
+        kwargs["max_new_tokens"] = int(n)  # type: ignore[call-overload]
+    return DecodingOptions(**kwargs)  # type: ignore[arg-type]  # __post_init__ range-checks
+
+
+def encode_options(options: DecodingOptions) -> bytes:
+    return json.dumps(asdict(options), sort_keys=True).encode()
+
+
+def decode_options(data: np.ndarray | bytes) -> DecodingOptions:
+    raw = data if isinstance(data, bytes) else _scalar(data, "OPTIONS")
+    return DecodingOptions(**json.loads(raw))  # type: ignore[arg-type]
+
+
+def read_audio(
+    audio: np.ndarray | None,
+    audio_file: np.ndarray | None,
+    sample_rate: np.ndarray | None,
+    max_seconds: float,
+) -> np.ndarray:
+    """16 kHz float32 mono from exactly one of AUDIO (PCM) or AUDIO_FILE (file bytes)."""
+    if (audio is None) == (audio_file is None):
+        raise ValueError("send exactly one of AUDIO (PCM samples) or AUDIO_FILE (file bytes)")
+    if audio_file is not None:
+        data = _scalar(audio_file, "AUDIO_FILE")
+        if not isinstance(data, bytes):
+            raise ValueError("AUDIO_FILE must hold the file's bytes")
+        return decode_audio(data, max_seconds=max_seconds)
+    rate = _scalar(sample_rate, "SAMPLE_RATE")
+    pcm = _one(audio, "AUDIO")
+    assert pcm is not None
+    return prepare_pcm(pcm, SAMPLE_RATE if rate is None else int(rate), max_seconds=max_seconds)  # type: ignore[call-overload]
+
+
+def windows_for(samples: np.ndarray) -> list[Window]:
+    return split_windows(samples, window_s=WINDOW_S, stride_s=STRIDE_S)
+
+
+def window_arrays(windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray]:
+    """(seconds [W, 2] float32 for the client, samples [W, 4] int64 for the decoder's merge)."""
+    layout = np.array([[w.start, w.end, w.stride_left, w.stride_right] for w in windows], dtype=np.int64)
+    return (layout[:, :2] / SAMPLE_RATE).astype(np.float32), layout
+
+
+def windows_from_array(layout: np.ndarray) -> list[Window]:
+    return [Window(*(int(v) for v in row)) for row in np.asarray(layout).reshape(-1, 4)]
+
+
+@dataclass
+class RequestRows:
+    """One request as the decoder sees it: its windows' encoder states, layout and options."""
+
+    main: torch.Tensor  # [windows, frames, d_model]
+    assistant: torch.Tensor | None  # [windows, frames, d_assistant] for an assistant with its own encoder
+    windows: list[Window]
+    options: DecodingOptions
+
+
+def request_rows(
+    main: torch.Tensor, assistant: torch.Tensor, layout: np.ndarray, options: DecodingOptions
+) -> RequestRows:
+    """Check a request's decoder inputs ([1, ...] each) and drop the batch dimension."""
+    windows = windows_from_array(layout)
+    if main.dim() != 4 or main.shape[0] != 1 or main.shape[1] != len(windows) or not windows:
+        raise ValueError(
+            f"ENCODER_STATES must be [1, {len(windows)}, frames, d_model], got {list(main.shape)}"
+        )
+    # The encoder sends an empty tensor when the assistant reuses the main encoder's states.
+    own = assistant[0] if assistant.numel() else None
+    if own is not None and own.shape[0] != len(windows):
+        raise ValueError(f"ASSISTANT_STATES has {own.shape[0]} windows, expected {len(windows)}")
+    return RequestRows(main[0], own, windows, options)
+
+
+def _decode_batch(engine: SpeculativeWhisper, batch: Sequence[RequestRows]) -> list[list[Transcription]]:
+    own = None if batch[0].assistant is None else torch.cat([r.assistant for r in batch])  # type: ignore[misc]
+    # The one copy on the decoder side: the requests' windows become one batch for the engine.
+    states = EncoderStates(torch.cat([r.main for r in batch]), own)
+    results = engine.decode(states, [r.options for r in batch for _ in r.windows])
+    bounds = np.cumsum([0] + [len(r.windows) for r in batch]).tolist()
+    return [results[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def decode_requests(
+    engine: SpeculativeWhisper, batch: Sequence[RequestRows]
+) -> list[list[Transcription] | Exception]:
+    """Every window of every request in one engine call; per request, its windows' results or the
+    exception that failed it. If the batched call fails, the requests are retried one by one so that
+    only the request that caused it fails."""
+    if not batch:
+        return []
+    try:
+        return list(_decode_batch(engine, batch))
+    except Exception as exc:
+        if len(batch) == 1:
+            return [exc]
+    outcomes: list[list[Transcription] | Exception] = []
+    for rows in batch:
+        try:
+            outcomes += _decode_batch(engine, [rows])
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def result_arrays(engine: SpeculativeWhisper, rows: RequestRows, results: Sequence[Transcription]) -> dict:
+    """The decoder's outputs for one request (batch dimension 1): windows merged into one transcript."""
+    tokens = merge_windows([r.tokens for r in results], rows.windows)
+    return {
+        "TEXT": np.array([[engine.text(tokens).encode()]], dtype=np.object_),
+        "TOKENS": np.array([tokens], dtype=np.int32).reshape(1, -1),
+        "LANGUAGE_USED": np.array([[language_of(results).encode()]], dtype=np.object_),
+        "STATS": stats_row([r.stats for r in results])[None],
+    }
+
+
+def language_of(results: Sequence[Transcription]) -> str:
+    """The language most of a request's windows used (the earliest on a tie)."""
+    languages = [r.language for r in results]
+    return max(dict.fromkeys(languages), key=languages.count)
+
+
+def stats_row(stats: Sequence[DecodingStats]) -> np.ndarray:
+    """STATS of one request: drafted, accepted, main decoder passes, summed over its windows."""
+    return np.array(
+        [sum(s.drafted for s in stats), sum(s.accepted for s in stats), sum(s.main_passes for s in stats)],
+        dtype=np.int64,
+    )
+
+
+def parameters(model_config: dict) -> dict[str, str]:
+    """config.pbtxt `parameters` as plain strings (Triton wraps each in {"string_value": ...})."""
+    return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+
+
+def resolve_path(value: str, model_dir: str | Path) -> Path:
+    """A path from config parameters: absolute, or relative to the project root, the folder that holds
+    the model repository (so `models/whisper-base` works from a checkout and from the container)."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(model_dir).resolve().parent.parent / path
+
+
+def device_for(instance_kind: str, device_id: str | int) -> str:
+    """The torch device of a model instance: KIND_AUTO resolves to GPU where one exists, else CPU."""
+    return f"cuda:{device_id}" if instance_kind.upper() == "GPU" else "cpu"
+
+
+class Cancelled(Exception):
+    """The client cancelled the request while it waited; it is answered with CANCELLED."""
+
+
+def error_response(pb_utils: Any, exc: BaseException) -> Any:
+    """A per-request error response: ValueError (bad input, AudioError included) -> INVALID_ARG,
+    Cancelled -> CANCELLED, anything else -> INTERNAL, logged with its traceback.
+
+    `pb_utils` is the backend's triton_python_backend_utils module, passed in because it only exists
+    inside the Python-backend stub; this module stays importable (and testable) without Triton.
+    """
+    errors = pb_utils.TritonError
+    if isinstance(exc, Cancelled):
+        error = errors("request cancelled", errors.CANCELLED)
+    elif isinstance(exc, ValueError):
+        error = errors(str(exc), errors.INVALID_ARG)
+    else:
+        trace = "".join(traceback.format_exception(exc))
+        pb_utils.Logger.log_error(f"spec_whisper: request failed: {trace}")
+        error = errors(f"internal error: {type(exc).__name__}: {exc}", errors.INTERNAL)
+    return pb_utils.InferenceResponse(error=error)
+
+
+def engine_arguments(params: dict[str, str], model_dir: str | Path) -> dict[str, Any]:
+    """SpeculativeWhisper.load keyword arguments from config parameters ("" or "none": no assistant)."""
+    assistant = params.get("assistant_model", "").strip()
+    return {
+        "main": resolve_path(params["main_model"], model_dir),
+        "assistant": None if assistant.lower() in ("", "none") else resolve_path(assistant, model_dir),
+        "precision": params.get("precision", "fp32"),
+    }
