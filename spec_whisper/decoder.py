@@ -106,7 +106,9 @@ def _fuse(*linears: nn.Linear) -> FastLinear:
 class WhisperDecoderRunner:
     """Runs one Whisper decoder (main model or assistant) over a `DecoderCache`."""
 
-    def __init__(self, hf_decoder: nn.Module, output_weight: Tensor) -> None:
+    def __init__(self, hf_decoder: nn.Module, output_weight: Tensor, shortlist: Tensor | None = None) -> None:
+        """`shortlist`: token ids the output projection is restricted to (an assistant's cheap head);
+        the other tokens get -inf logits, so a draft simply stops being right where it needs one."""
         first = hf_decoder.layers[0]
         self.num_heads = first.self_attn.num_heads if hasattr(first.self_attn, "num_heads") else None
         self.d_model = hf_decoder.embed_tokens.weight.shape[1]
@@ -118,8 +120,9 @@ class WhisperDecoderRunner:
         self.embed_tokens = hf_decoder.embed_tokens.weight.detach()
         self.embed_positions = hf_decoder.embed_positions.weight.detach()
         self.final_norm = hf_decoder.layer_norm
-        self.output = FastLinear(output_weight, None)
         self.vocab_size = output_weight.shape[0]
+        self.shortlist = shortlist
+        self.output = FastLinear(output_weight if shortlist is None else output_weight[shortlist], None)
         self.layers = [
             _Layer(
                 self_qkv=_fuse(lay.self_attn.q_proj, lay.self_attn.k_proj, lay.self_attn.v_proj),
@@ -189,4 +192,8 @@ class WhisperDecoderRunner:
             )
             x = x + layer.cross_out(attn.transpose(1, 2).reshape(batch, steps, self.d_model))
             x = x + layer.fc2(F.gelu(layer.fc1(layer.final_norm(x))))
-        return self.output(self.final_norm(x))
+        logits = self.output(self.final_norm(x))
+        if self.shortlist is None:
+            return logits
+        full = logits.new_full((*logits.shape[:-1], self.vocab_size), -torch.inf)
+        return full.index_copy_(-1, self.shortlist, logits)

@@ -48,7 +48,7 @@ class SpeculativeWhisper:
         self.assistant = None
         if models.assistant is not None:
             self.assistant = WhisperDecoderRunner(
-                models.assistant.model.decoder, models.assistant.proj_out.weight
+                models.assistant.model.decoder, models.assistant.proj_out.weight, models.assistant_shortlist
             )
         self.filters: list[LogitFilter] = [
             SuppressTokens(self.tokens.suppress),

@@ -11,6 +11,7 @@ copies and freezes the teacher's encoder) and shares the main encoder unless tol
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -48,6 +49,8 @@ class LoadedModels:
     # True when the assistant runs its own encoder rather than reusing the main model's states.
     assistant_has_encoder: bool
     tokenizer: WhisperTokenizerFast | None
+    # Token ids the assistant's output head is restricted to (`shortlist.json` beside its weights).
+    assistant_shortlist: torch.Tensor | None = None
 
 
 def _encoder_shape(config: WhisperConfig) -> tuple[int, ...]:
@@ -112,18 +115,38 @@ def load_models(
     dtype = PRECISIONS[precision]
     main_model = WhisperForConditionalGeneration.from_pretrained(main, dtype=dtype).to(device).eval()
     generation = main_model.generation_config
-    assistant_model, own_encoder = None, False
+    assistant_model, own_encoder, shortlist = None, False, None
     if assistant is not None:
         config = AutoConfig.from_pretrained(assistant)
         own_encoder = _uses_own_encoder(main_model.config, config, assistant_encoder)
         check_compatible(main_model.config, generation, config, _generation_config(assistant), own_encoder)
         kind = WhisperForConditionalGeneration if own_encoder else WhisperForCausalLM
         assistant_model = kind.from_pretrained(assistant, dtype=dtype).to(device).eval()
+        shortlist = _load_shortlist(assistant)
     try:
         tokenizer = WhisperTokenizerFast.from_pretrained(main)
     except (OSError, ValueError, TypeError):
         tokenizer = None  # tiny test models carry no tokenizer; token ids still decode exactly
-    return LoadedModels(main_model, generation, assistant_model, own_encoder, tokenizer)
+    return LoadedModels(main_model, generation, assistant_model, own_encoder, tokenizer, shortlist)
+
+
+SHORTLIST_FILE = "shortlist.json"
+
+
+def _load_shortlist(source: str | Path) -> torch.Tensor | None:
+    """The assistant keeps its full head on disk (transformers loads it as usual); the engine
+    slices the head to the shortlist stored beside it, when there is one."""
+    path = Path(source) / SHORTLIST_FILE
+    if Path(source).is_dir() and not path.is_file():
+        return None
+    if not path.is_file():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(str(source), SHORTLIST_FILE))
+        except Exception:  # no such file on the hub, or no hub: the full head it is
+            return None
+    return torch.tensor(sorted(json.loads(path.read_text())["token_ids"]), dtype=torch.long)
 
 
 def _tiny_config(layers: int, d_model: int, **overrides: int) -> WhisperConfig:

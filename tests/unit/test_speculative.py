@@ -132,3 +132,23 @@ def test_adaptive_draft_length_grows_by_two_and_shrinks_by_one() -> None:
     fixed = DraftLengthPolicy(batch=1, initial=5, adaptive=False)
     fixed.observe(torch.tensor([0]), k=5)
     assert fixed.current() == 5
+
+
+def test_shortlist_head_drafts_only_listed_tokens(tiny, noise, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    plain = SpeculativeWhisper.load(tiny["main"])
+    greedy = _decode(plain, noise[:2], speculative=False)
+    used = sorted({t for row in greedy for t in row})
+    for listed, expect_all_accepted in ((used, True), ([t for t in range(1000) if t not in used], False)):
+        assistant = tmp_path / f"shortlisted-{expect_all_accepted}"
+        shutil.copytree(tiny["main"], assistant)
+        (assistant / "shortlist.json").write_text(json.dumps({"token_ids": listed}))
+        engine = SpeculativeWhisper.load(tiny["main"], assistant)
+        assert engine.assistant.shortlist.tolist() == listed
+        states = engine.encode(engine.log_mel(noise[:2]))
+        results = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=30)] * 2)
+        assert [r.tokens for r in results] == greedy
+        rate = sum(r.stats.accepted for r in results) / sum(r.stats.drafted for r in results)
+        assert rate == 1.0 if expect_all_accepted else rate == 0.0
