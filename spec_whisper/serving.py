@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from spec_whisper.types import DecodingOptions, DecodingStats, Transcription
 
 __all__ = [
     "Cancelled",
+    "DecoderMetrics",
     "RequestRows",
     "decode_options",
     "decode_requests",
@@ -40,6 +42,7 @@ __all__ = [
     "request_rows",
     "resolve_path",
     "result_arrays",
+    "set_cpu_threads",
     "stats_row",
     "window_arrays",
     "windows_for",
@@ -242,6 +245,15 @@ def resolve_path(value: str, model_dir: str | Path) -> Path:
     return path if path.is_absolute() else Path(model_dir).resolve().parent.parent / path
 
 
+def set_cpu_threads(params: dict[str, str]) -> int:
+    """Torch threads for one model instance: `cpu_threads` from the config, or with "0" the cores
+    shared out among the three stage processes. Oversubscribing costs far more than idling: an OpenMP
+    team whose thread is descheduled stalls at every barrier."""
+    threads = int(params.get("cpu_threads", "0")) or max(1, (os.cpu_count() or 1) // 3)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def device_for(instance_kind: str, device_id: str | int) -> str:
     """The torch device of a model instance: KIND_AUTO resolves to GPU where one exists, else CPU."""
     return f"cuda:{device_id}" if instance_kind.upper() == "GPU" else "cpu"
@@ -268,6 +280,42 @@ def error_response(pb_utils: Any, exc: BaseException) -> Any:
         pb_utils.Logger.log_error(f"spec_whisper: request failed: {trace}")
         error = errors(f"internal error: {type(exc).__name__}: {exc}", errors.INTERNAL)
     return pb_utils.InferenceResponse(error=error)
+
+
+class DecoderMetrics:
+    """Speculative-decoding counters on Triton's metrics port (custom metrics of the Python backend).
+
+    `pb_utils` is passed in, as for error_response."""
+
+    COUNTERS: ClassVar[dict[str, str]] = {
+        "drafted_tokens": "tokens the assistant drafted",
+        "accepted_tokens": "drafted tokens the main model accepted",
+        "main_decoder_passes": "forward passes of the main decoder",
+        "windows": "30 s windows decoded",
+    }
+
+    def __init__(self, pb_utils: Any, labels: dict[str, str]) -> None:
+        family = pb_utils.MetricFamily
+        self.families = {
+            key: family(f"spec_whisper_{key}_total", text, family.COUNTER)
+            for key, text in self.COUNTERS.items()
+        }
+        rate_help = "accepted / drafted tokens of the last request that drafted"
+        self.families["rate"] = family("spec_whisper_acceptance_rate", rate_help, family.GAUGE)
+        self.metrics = {key: f.Metric(labels=labels) for key, f in self.families.items()}
+
+    def record(self, stats: np.ndarray, windows: int) -> None:
+        """One request: its STATS row (drafted, accepted, main passes) and its window count."""
+        drafted, accepted, passes = (float(v) for v in np.asarray(stats).reshape(-1))
+        for key, value in zip(self.COUNTERS, (drafted, accepted, passes, windows), strict=True):
+            self.metrics[key].increment(value)
+        if drafted:
+            self.metrics["rate"].set(accepted / drafted)
+
+    def close(self) -> None:
+        # Metrics must be released before their families (the backend refuses the other order).
+        self.metrics.clear()
+        self.families.clear()
 
 
 def engine_arguments(params: dict[str, str], model_dir: str | Path) -> dict[str, Any]:

@@ -33,6 +33,7 @@ def inputs(
     audio_file: bytes | None = None,
     sample_rate: int | None = None,
     language: str | None = None,
+    task: str | None = None,
     speculative: bool | None = None,
     **scalars: int,
 ) -> list[Any]:
@@ -46,6 +47,8 @@ def inputs(
         tensors.append(("SAMPLE_RATE", np.array([[sample_rate]], dtype=np.int32), "INT32"))
     if language is not None:
         tensors.append(("LANGUAGE", np.array([[language.encode()]], dtype=np.object_), "BYTES"))
+    if task is not None:
+        tensors.append(("TASK", np.array([[task.encode()]], dtype=np.object_), "BYTES"))
     if speculative is not None:
         tensors.append(("SPECULATIVE", np.array([[speculative]], dtype=bool), "BOOL"))
     for name, value in scalars.items():

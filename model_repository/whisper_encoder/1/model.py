@@ -19,6 +19,7 @@ def _output(name: str, rows: torch.Tensor) -> pb_utils.Tensor:
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         params = serving.parameters(json.loads(args["model_config"]))
+        serving.set_cpu_threads(params)
         self.device = serving.device_for(args["model_instance_kind"], args["model_instance_device_id"])
         settings = serving.engine_arguments(params, args["model_repository"])
         self.engine = SpeculativeWhisper.load(**settings, device=self.device)
@@ -31,7 +32,7 @@ class TritonPythonModel:
         mel = torch.from_dlpack(pb_utils.get_input_tensor_by_name(request, "MEL").to_dlpack())
         if mel.dim() != 4 or mel.shape[0] != 1 or mel.shape[1] < 1 or mel.shape[2] != self.engine.n_mels:
             raise ValueError(f"MEL must be [1, windows, {self.engine.n_mels}, 3000], got {list(mel.shape)}")
-        return mel[0]
+        return mel[0].to(self.device)  # a no-op when the features step ran on this device
 
     def _encode(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         # Bounded passes keep activation memory flat when several long requests arrive together.
@@ -52,7 +53,7 @@ class TritonPythonModel:
         if not mels:
             return responses
         try:
-            main, own = self._encode(torch.cat(list(mels.values())).to(self.device))
+            main, own = self._encode(torch.cat(list(mels.values())))
         except Exception as exc:  # the shared pass failed (e.g. out of memory): fail only its requests
             for i in mels:
                 responses[i] = serving.error_response(pb_utils, exc)

@@ -1,0 +1,71 @@
+"""Through the server, speculative decoding gives the engine's plain greedy tokens, alone or in a crowd."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from triton_helpers import Result, grpcclient, transcribe
+
+from spec_whisper.audio import decode_audio
+from spec_whisper.engine import SpeculativeWhisper
+from spec_whisper.types import DecodingOptions
+
+pytestmark = pytest.mark.integration
+
+# Different lengths and languages: 2.8 s, 15 s and 5 s of English, 1 German and 1 Spanish FLEURS clip.
+CLIPS = (
+    "librispeech_test_other/1688/1688-142285-0002.flac",
+    "librispeech_test_other/1688/1688-142285-0000.flac",
+    "librispeech_test_other/1688/1688-142285-0003.flac",
+    "fleurs/de/fleurs-de-000.ogg",
+    "fleurs/es/fleurs-es-000.ogg",
+)
+
+
+@pytest.fixture(scope="module")
+def pcm(speech_dir: Path) -> list[np.ndarray]:
+    return [decode_audio(speech_dir / clip) for clip in CLIPS]
+
+
+@pytest.fixture(scope="module")
+def greedy(offline_models: tuple[Path, Path], pcm: list[np.ndarray]) -> list[list[int]]:
+    """The engine in this process, main model alone, one clip at a time: the reference."""
+    engine = SpeculativeWhisper.load(offline_models[0], None)
+    return [engine.transcribe([clip], DecodingOptions(speculative=False))[0].tokens for clip in pcm]
+
+
+def test_speculative_equals_greedy(triton_url: str, pcm: list[np.ndarray], greedy: list[list[int]]) -> None:
+    results = [transcribe(triton_url, audio=clip) for clip in pcm]  # one at a time: batch of 1
+    for clip, result, expected in zip(CLIPS, results, greedy, strict=True):
+        assert result.tokens == expected, clip
+    assert sum(r.stats[0] for r in results) > 0, "the assistant never drafted"
+    # A fixed draft length changes how the work is split, never the tokens.
+    assert transcribe(triton_url, audio=pcm[1], draft_length=3).tokens == greedy[1]
+
+
+def _batched_requests(url: str) -> tuple[int, int]:
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics("whisper_decoder", as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def test_concurrent_mixed_requests_each_get_their_own_answer(
+    triton_url: str, pcm: list[np.ndarray], greedy: list[list[int]]
+) -> None:
+    # Every clip twice, speculation on for one copy and off for the other, all in flight at once.
+    jobs = [(i, speculative) for speculative in (True, False) for i in range(len(pcm))]
+    before = _batched_requests(triton_url)
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(transcribe, triton_url, audio=pcm[i], speculative=s) for i, s in jobs]
+        results: list[Result] = [f.result() for f in futures]
+    after = _batched_requests(triton_url)
+
+    for (i, speculative), result in zip(jobs, results, strict=True):
+        assert result.tokens == greedy[i], (CLIPS[i], speculative)
+        assert (result.stats[0] > 0) == speculative, "drafted tokens only when speculation is on"
+    requests, executions = after[0] - before[0], after[1] - before[1]
+    assert requests == len(jobs)
+    assert executions < requests, "the dynamic batcher never put two requests in one decoder batch"

@@ -1,0 +1,153 @@
+"""spec_whisper.serving without a server: request tensors to options and audio, the decoder's batching.
+
+Lives beside the integration tests because it checks the same contract (docs/api.md) one layer down;
+no tritonserver is started here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spec_whisper import serving
+from spec_whisper.audio import AudioError
+from spec_whisper.chunking import Window
+from spec_whisper.types import DecodingOptions, DecodingStats, Transcription
+
+
+def _bytes(value: str) -> np.ndarray:
+    return np.array([[value.encode()]], dtype=np.object_)
+
+
+def _int(value: int) -> np.ndarray:
+    return np.array([[value]], dtype=np.int32)
+
+
+def test_absent_options_are_the_defaults() -> None:
+    assert serving.parse_options() == DecodingOptions()
+
+
+def test_options_are_parsed_and_round_trip() -> None:
+    options = serving.parse_options(
+        _bytes(" DE "), _bytes("translate"), np.array([[False]]), _int(4), _int(100)
+    )
+    assert options == DecodingOptions(
+        language="de", task="translate", speculative=False, draft_length=4, max_new_tokens=100
+    )
+    assert serving.decode_options(np.array([[serving.encode_options(options)]], dtype=np.object_)) == options
+
+
+def test_empty_language_detects_and_zero_draft_length_lets_the_server_choose() -> None:
+    options = serving.parse_options(_bytes(""), None, None, _int(0))
+    assert options.language is None and options.draft_length is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"task": _bytes("summarize")}, "unknown task"),
+        ({"max_new_tokens": _int(0)}, "max_new_tokens"),
+        ({"draft_length": _int(99)}, "draft_length"),
+        ({"language": np.array([[b"en"], [b"de"]], dtype=np.object_)}, "one clip per request"),
+        ({"language": np.array([[b"\xff"]], dtype=np.object_)}, "UTF-8"),
+    ],
+)
+def test_bad_options_raise_value_error(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        serving.parse_options(**kwargs)
+
+
+def test_read_audio_needs_exactly_one_input() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        serving.read_audio(None, None, None, 600)
+    with pytest.raises(ValueError, match="exactly one"):
+        serving.read_audio(np.zeros((1, 10), np.float32), _bytes("x"), None, 600)
+
+
+def test_read_audio_resamples_pcm_and_rejects_bad_audio() -> None:
+    tone = (0.1 * np.sin(np.arange(8000) / 5)).astype(np.float32)[None]
+    assert serving.read_audio(tone, None, _int(8000), 600).shape == (16000,)
+    with pytest.raises(AudioError, match="non-finite"):
+        serving.read_audio(np.full((1, 100), np.nan, np.float32), None, None, 600)
+    with pytest.raises(AudioError, match="limit"):
+        serving.read_audio(tone, None, _int(4000), 1.0)
+
+
+def test_window_layout_round_trips() -> None:
+    windows = serving.windows_for(np.zeros(16000 * 75, np.float32))
+    seconds, layout = serving.window_arrays(windows)
+    assert serving.windows_from_array(layout[None]) == windows
+    assert seconds[0].tolist() == [0.0, 30.0] and seconds[-1, 1] == 75.0
+
+
+def _transcription(language: str, drafted: int = 0) -> Transcription:
+    return Transcription(
+        "", [1], language, DecodingStats(drafted=drafted, accepted=drafted // 2, main_passes=3)
+    )
+
+
+def test_language_is_the_majority_of_windows() -> None:
+    assert serving.language_of([_transcription(c) for c in ("de", "en", "en")]) == "en"
+    assert serving.language_of([_transcription(c) for c in ("de", "en")]) == "de"
+
+
+def test_stats_are_summed_over_windows() -> None:
+    row = serving.stats_row([_transcription("en", 4).stats, _transcription("en", 6).stats])
+    assert row.dtype == np.int64 and row.tolist() == [10, 5, 6]
+
+
+def test_request_rows_checks_shapes() -> None:
+    layout = np.array([[[0, 16000, 0, 0]]], dtype=np.int64)
+    rows = serving.request_rows(
+        torch.zeros(1, 1, 1500, 8), torch.empty(1, 0, 1, 1), layout, DecodingOptions()
+    )
+    assert (
+        rows.main.shape == (1, 1500, 8)
+        and rows.assistant is None
+        and rows.windows == [Window(0, 16000, 0, 0)]
+    )
+    with pytest.raises(ValueError, match="ENCODER_STATES"):
+        serving.request_rows(torch.zeros(1, 2, 1500, 8), torch.empty(1, 0, 1, 1), layout, DecodingOptions())
+
+
+class _Engine:
+    """Fails any batch holding a window whose options ask for language "xx"."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def decode(self, states, options):
+        self.calls.append(len(options))
+        if any(o.language == "xx" for o in options):
+            raise ValueError("unknown language 'xx'")
+        return [_transcription(o.language or "en") for o in options]
+
+
+def _rows(windows: int, language: str | None) -> serving.RequestRows:
+    return serving.RequestRows(
+        torch.zeros(windows, 1500, 8),
+        None,
+        [Window(0, 1, 0, 0)] * windows,
+        DecodingOptions(language=language),
+    )
+
+
+def test_one_failing_request_does_not_fail_the_batch() -> None:
+    engine = _Engine()
+    outcomes = serving.decode_requests(engine, [_rows(2, "en"), _rows(1, "xx"), _rows(3, None)])  # type: ignore[arg-type]
+    assert engine.calls == [6, 2, 1, 3]  # the batch, then one request at a time
+    assert [len(o) for o in (outcomes[0], outcomes[2])] == [2, 3]
+    assert isinstance(outcomes[1], ValueError)
+
+
+def test_paths_resolve_against_the_folder_holding_the_repository(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model_repository" / "whisper_decoder"
+    assert serving.resolve_path("models/x", model_dir) == tmp_path / "models" / "x"
+    assert serving.resolve_path("/abs/x", model_dir) == Path("/abs/x")
+    assert (
+        serving.engine_arguments({"main_model": "m", "assistant_model": "none"}, model_dir)["assistant"]
+        is None
+    )
