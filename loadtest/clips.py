@@ -1,0 +1,58 @@
+"""Real clips from the shared speech folder, decoded once: what the load tests and benchmarks send.
+
+Free of gevent and Locust, so scripts can import it without monkey-patching their own process.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from spec_whisper_client.audio import SAMPLE_RATE, decode_audio
+
+__all__ = ["CORPORA", "DEFAULT_SPEECH_DIR", "Clip", "load_clips", "read_manifest"]
+
+# /work/main/loadtest/clips.py -> /work/shared/data/speech
+DEFAULT_SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+# Manifest path prefixes of each set; "all" is every short clip (no long-form recordings).
+CORPORA = {
+    "librispeech": ("librispeech_test_other/",),
+    "fleurs": ("fleurs/",),
+    "all": ("librispeech_test_other/", "fleurs/"),
+}
+
+
+@dataclass(frozen=True)
+class Clip:
+    id: str
+    language: str
+    # The reference transcript from the manifest.
+    text: str
+    # float32 mono at 16 kHz.
+    pcm: np.ndarray
+
+    @property
+    def seconds(self) -> float:
+        return len(self.pcm) / SAMPLE_RATE
+
+
+def read_manifest(speech_dir: Path) -> list[dict[str, Any]]:
+    lines = (speech_dir / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def load_clips(
+    speech_dir: Path, corpus: str = "librispeech", limit: int | None = None, language: str | None = None
+) -> list[Clip]:
+    """The clips of one set (optionally one language), in manifest order, the first `limit` of them."""
+    entries = [
+        e
+        for e in read_manifest(speech_dir)
+        if e["path"].startswith(CORPORA[corpus]) and language in (None, e["language"])
+    ][:limit]
+    if not entries:
+        raise ValueError(f"no {corpus} clips (language {language}) in {speech_dir / 'manifest.jsonl'}")
+    return [Clip(e["id"], e["language"], e["text"], decode_audio(speech_dir / e["path"])) for e in entries]
