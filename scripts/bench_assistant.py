@@ -1,0 +1,353 @@
+"""Benchmark a distilled assistant on the clips its distillation held out.
+
+    python scripts/bench_assistant.py                          # models/whisper-base + its assistant
+    python scripts/bench_assistant.py --repeats 3 --json runs/bench_assistant.json
+    python scripts/bench_assistant.py --data-curve 150         # + short retrainings on parts of the data
+
+Prints, per held-out group (LibriSpeech English, then each FLEURS language):
+- token acceptance: the share of the main model's greedy tokens the assistant's greedy choice
+  matches given the same prefix, for heads cut to 1k/2k/4k/8k tokens and the full head;
+- the decoding-phase speed-up of speculative over the engine's plain greedy at batch 1, with the
+  tokens checked identical, and the engine's own acceptance (accepted / drafted);
+- the cost model that explains it: draft and verify steps as fractions of a main step, tokens per
+  verify pass, and the speed-up they predict; projected to whisper-large-v2 + distil-large-v2 sizes;
+- how held-out acceptance grew with training time (from the distillation record) and, with
+  --data-curve, with the amount of training data.
+Never run it while something else is training: the timings would measure the other job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from spec_whisper.distillation import (  # noqa: E402
+    SETTINGS_FILE,
+    DistilConfig,
+    LabelledSet,
+    added_parameters,
+    default_clips,
+    default_threads,
+    evaluate_acceptance,
+    init_assistant,
+    labelled_data,
+    token_order,
+    train,
+)
+from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
+from spec_whisper.types import DecodingOptions  # noqa: E402
+
+SIZES = (1024, 2048, 4096, 8192)
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """What one decoder step reads, for the byte-count cost model (memory-bound at batch 1)."""
+
+    name: str
+    d_model: int
+    layers: int
+    ffn: int
+    head: int  # rows of the output projection actually computed
+    frames: int = 1500
+
+    def step_values(self) -> int:
+        # Self-attention q/k/v/out, cross-attention q/out (its keys and values are cached, and read:
+        # 2 x frames x d per layer), feed-forward block; then the output head.
+        per_layer = 6 * self.d_model**2 + 2 * self.d_model * self.ffn + 2 * self.frames * self.d_model
+        return self.layers * per_layer + self.head * self.d_model
+
+
+LARGE_V2 = DecoderShape("whisper-large-v2", 1280, 32, 5120, 51865)
+DISTIL_LARGE_V2 = DecoderShape("distil-large-v2", 1280, 2, 5120, 51865)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--main", type=Path, default=PROJECT_ROOT / "models" / "whisper-base")
+    parser.add_argument("--assistant", type=Path, default=PROJECT_ROOT / "models" / "whisper-base-assistant")
+    parser.add_argument("--speech-dir", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="timed decodes per clip and mode (min kept)")
+    parser.add_argument("--threads", type=int, help="default: 2, or 1 while the CPU is busy")
+    parser.add_argument("--groups", nargs="*", help="only these groups (en, de, fr, es, pt)")
+    parser.add_argument(
+        "--data-curve", type=int, default=0, help="steps per data-subset retraining (0: skip)"
+    )
+    parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--skip-groups", action="store_true", help="no per-group acceptance and timing")
+    return parser.parse_args()
+
+
+def acceptance_by_size(
+    engine: SpeculativeWhisper, assistant_dir: Path, data: LabelledSet, order: list[int]
+) -> dict[str, float]:
+    from transformers import WhisperForCausalLM
+
+    hf = WhisperForCausalLM.from_pretrained(assistant_dir).eval()
+    shortlists: dict[str, list[int] | None] = {f"{n // 1024}k": order[:n] for n in SIZES if n <= len(order)}
+    shortlists["full"] = None
+    return evaluate_acceptance(hf, data, engine, shortlists)
+
+
+def step_ms(runner, states: torch.Tensor, width: int = 1, repeats: int = 30) -> float:
+    """Median wall time of one forward of `width` tokens at batch 1, mid-sequence."""
+    cache = runner.new_cache(states)
+    tokens = torch.full((1, width), 440)
+    start = torch.tensor([40])
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 3):
+            began = time.perf_counter()
+            runner.forward(tokens, start, cache)
+            if i >= 3:
+                times.append(time.perf_counter() - began)
+    return 1000 * float(np.median(times))
+
+
+def time_decoding(
+    engine: SpeculativeWhisper, pcm: list[np.ndarray], languages: list[str], repeats: int
+) -> dict[str, float]:
+    """Batch-1 decoding time (min over repeats, interleaved) per mode, summed over the clips."""
+    totals = {"greedy_s": 0.0, "speculative_s": 0.0, "tokens": 0, "drafted": 0, "accepted": 0, "passes": 0}
+    mismatches = 0
+    for clip, lang in zip(pcm, languages, strict=True):
+        states = engine.encode(engine.log_mel([clip]))
+        best = {False: float("inf"), True: float("inf")}
+        outputs = {}
+        for _ in range(repeats):
+            for speculative in (False, True):
+                result = engine.decode(states, [DecodingOptions(lang, speculative=speculative)])[0]
+                best[speculative] = min(best[speculative], result.stats.decode_s)
+                outputs[speculative] = result
+        mismatches += outputs[True].tokens != outputs[False].tokens
+        stats = outputs[True].stats
+        totals["greedy_s"] += best[False]
+        totals["speculative_s"] += best[True]
+        totals["tokens"] += len(outputs[True].tokens) + 1  # end-of-text is decoded too
+        totals["drafted"] += stats.drafted
+        totals["accepted"] += stats.accepted
+        totals["passes"] += stats.main_passes
+    totals["identical"] = mismatches == 0
+    totals["speedup"] = totals["greedy_s"] / totals["speculative_s"]
+    totals["engine_acceptance"] = totals["accepted"] / max(1, totals["drafted"])
+    return totals
+
+
+def cost_model(engine: SpeculativeWhisper, timing: dict[str, float], draft_ms: float, main_ms: float) -> dict:
+    passes = timing["passes"]
+    drafts_per_pass = timing["drafted"] / passes
+    tokens_per_pass = timing["tokens"] / passes
+    width = max(1, round(drafts_per_pass)) + 1
+    states = torch.randn(1, 1500, engine.main.d_model)
+    verify_ms = step_ms(engine.main, states, width)
+    predicted = tokens_per_pass * main_ms / (verify_ms + drafts_per_pass * draft_ms)
+    return {
+        "main_step_ms": main_ms,
+        "draft_step_ms": draft_ms,
+        "draft_fraction": draft_ms / main_ms,
+        "verify_width": width,
+        "verify_fraction": verify_ms / main_ms,
+        "drafts_per_pass": drafts_per_pass,
+        "tokens_per_pass": tokens_per_pass,
+        "predicted_speedup": predicted,
+    }
+
+
+def projected(alpha: float, draft_fraction: float, k_max: int = 12) -> tuple[int, float, float]:
+    """Best draft length, tokens per pass and speed-up when a pass costs 1 + k x draft_fraction
+    main steps (verifying k+1 tokens costs one step when weight reads dominate) and each draft
+    token is right with probability `alpha` given a right prefix."""
+    best = (0, 1.0, 1.0)
+    for k in range(1, k_max + 1):
+        tokens = (1 - alpha ** (k + 1)) / (1 - alpha) if alpha < 1 else k + 1
+        speedup = tokens / (1 + k * draft_fraction)
+        if speedup > best[2]:
+            best = (k, tokens, speedup)
+    return best
+
+
+def data_curve(
+    engine: SpeculativeWhisper,
+    main_dir: Path,
+    config: DistilConfig,
+    ffn: int,
+    english: LabelledSet,
+    steps: int,
+    speech: Path | None,
+) -> list[dict]:
+    """Retrain from the copied layers on growing parts of the cached training data."""
+    from transformers import WhisperForConditionalGeneration
+
+    train_clips, heldout_clips = default_clips(config, speech)
+    labelled, _ = labelled_data(engine, main_dir, config, train_clips, heldout_clips)
+    order = token_order(engine, labelled, max(config.train_vocab, config.shortlist))
+    real = [i for i, c in enumerate(labelled.clips) if c["source"] != "espeak"]
+    synthetic = [i for i, c in enumerate(labelled.clips) if c["source"] == "espeak"]
+    subsets = {
+        "real, clips only": [i for i in real if labelled.clips[i]["view"] == "clip"],
+        "real": real,
+        "real + half the synthetic": real + synthetic[::2],
+        "all": real + synthetic,
+    }
+    main = WhisperForConditionalGeneration.from_pretrained(main_dir).eval()
+    rows = []
+    for name, rows_used in subsets.items():
+        part = labelled.subset(rows_used)
+        assistant = init_assistant(main, config.layers, ffn)
+        short = dataclasses.replace(config, steps=steps, max_train_s=float("inf"))
+        end = engine.tokens.end_of_text
+        record = train(assistant, part, order[: config.train_vocab], short, end, progress=False)
+        score = evaluate_acceptance(assistant, english, engine, {"a": order[: config.shortlist]})["a"]
+        tokens = sum(len(x) - p + 1 for x, p in zip(part.inputs, part.prompt_lens, strict=True))
+        rows.append(
+            {
+                "data": name,
+                "windows": len(part.inputs),
+                "tokens": tokens,
+                "steps": steps,
+                "train_s": round(record["train_s"]),
+                "heldout_en": round(score, 4),
+            }
+        )
+        print(f"  {name:28s} {len(part.inputs):4d} windows {tokens:6d} tokens -> {score:.1%}")
+    return rows
+
+
+def main() -> int:
+    args = parse_args()
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+    summary = json.loads((args.assistant / SETTINGS_FILE).read_text())
+    config = DistilConfig.from_dict(summary["settings"])
+    engine = SpeculativeWhisper.load(args.main, args.assistant)
+    plain = SpeculativeWhisper.load(args.main)
+    report: dict = {"threads": threads, "load_before": load_before, "main": str(args.main)}
+
+    # Parameters: the assistant's own (layers + final norm; embeddings are the main model's).
+    main_params = sum(p.numel() for p in engine.models.main.parameters())
+    own = added_parameters(engine.models.assistant)
+    report["parameters"] = {"main": main_params, "assistant_own": own, "share": own / main_params}
+    print(f"threads {threads}, load average before {load_before[0]:.2f}")
+    print(f"assistant adds {own:,} parameters to the main model's {main_params:,} ({own / main_params:.1%})")
+
+    # Held-out data, labelled as in distillation (cached).
+    _, heldout_clips = default_clips(config, args.speech_dir)
+    _, heldout = labelled_data(plain, args.main, config, [], heldout_clips)
+    order = summary.get("token_order")
+    if order is None:
+        train_clips, _ = default_clips(config, args.speech_dir)
+        labelled, _ = labelled_data(plain, args.main, config, train_clips, [])
+        order = token_order(plain, labelled, max(config.train_vocab, config.shortlist))
+
+    # Per-step costs at batch 1.
+    states = torch.randn(1, 1500, engine.main.d_model)
+    main_ms = step_ms(engine.main, states)
+    draft_ms = step_ms(engine.assistant, states)
+    from spec_whisper.decoder import WhisperDecoderRunner
+
+    hf = engine.models.assistant
+    draft_by_size = {}
+    for n in (*SIZES, None):
+        shortlist = None if n is None else torch.tensor(sorted(order[:n]))
+        runner = WhisperDecoderRunner(hf.model.decoder, hf.proj_out.weight, shortlist)
+        draft_by_size["full" if n is None else f"{n // 1024}k"] = step_ms(runner, states) / main_ms
+    report["draft_fraction_by_head"] = draft_by_size
+    print(
+        f"main step {main_ms:.2f} ms; draft step / main step by head size: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in draft_by_size.items())
+    )
+
+    groups = sorted({c["language"] for c in heldout.clips}, key=lambda g: (g != "en", g))
+    report["groups"] = {}
+    for group in [] if args.skip_groups else args.groups or groups:
+        rows = [i for i, c in enumerate(heldout.clips) if c["language"] == group]
+        data = heldout.subset(rows)
+        accept = acceptance_by_size(plain, args.assistant, data, order)
+        keys = set(data_keys := [c["key"] for c in data.clips])
+        clips = [c for c in heldout_clips if c.key in keys]
+        clips.sort(key=lambda c: data_keys.index(c.key))
+        timing = time_decoding(engine, [c.load() for c in clips], [group] * len(clips), args.repeats)
+        costs = cost_model(engine, timing, draft_ms, main_ms)
+        report["groups"][group] = {"clips": len(clips), "acceptance": accept, "timing": timing, "cost": costs}
+        name = "LibriSpeech test-other (held-out speakers)" if group == "en" else f"FLEURS {group}"
+        print(f"\n## {name}: {len(clips)} clips, {timing['tokens']} tokens")
+        print("token acceptance by head: " + ", ".join(f"{k} {v:.1%}" for k, v in accept.items()))
+        print(
+            f"decoding at batch 1: greedy {timing['greedy_s']:.2f} s, "
+            f"speculative {timing['speculative_s']:.2f} s -> {timing['speedup']:.2f}x, "
+            f"tokens identical: {timing['identical']}"
+        )
+        print(
+            f"engine acceptance (accepted/drafted) {timing['engine_acceptance']:.1%}; "
+            f"{costs['tokens_per_pass']:.2f} tokens and {costs['drafts_per_pass']:.2f} drafts per verify pass"
+        )
+        print(
+            f"cost model: draft step {costs['draft_fraction']:.3f}, verify of {costs['verify_width']} tokens "
+            f"{costs['verify_fraction']:.3f} of a main step -> predicted {costs['predicted_speedup']:.2f}x"
+        )
+
+    # Projection: the same acceptance with large-v2's decoder and distil-large-v2's 2 layers.
+    # Acceptance of the saved head on held-out English (as recorded while distilling, if not measured).
+    english = report["groups"].get("en", {}).get("acceptance") or summary["acceptance"]["heldout_en"]
+    alpha = english.get(f"{config.shortlist // 1024}k", english["full"])
+    shortlisted = DecoderShape("distil-large-v2, 4k head", 1280, 2, 5120, 4096)
+    print("\n## Projection to whisper-large-v2 (values read per decoder step, fp16 bytes = 2x)")
+    main_values = LARGE_V2.step_values()
+    report["projection"] = {"alpha": alpha}
+    for shape in (LARGE_V2, DISTIL_LARGE_V2, shortlisted):
+        fraction = shape.step_values() / main_values
+        values = shape.step_values()
+        line = f"{shape.name:28s} {values / 1e6:7.1f} M values ({2 * values / 1e6:6.0f} MB)"
+        if shape is not LARGE_V2:
+            k, tokens, speedup = projected(alpha, fraction)
+            report["projection"][shape.name] = {"draft_fraction": fraction, "k": k, "speedup": speedup}
+            line += (
+                f", draft {fraction:.3f} of a main step -> k={k}: {tokens:.2f} tokens/pass, {speedup:.2f}x"
+            )
+        print(line)
+    base = DecoderShape("whisper-base", 512, 6, 2048, 51865)
+    ours = DecoderShape("this assistant", 512, len(config.layers), summary["ffn_dim"], config.shortlist)
+    print(
+        f"(the same byte model for whisper-base gives a draft fraction of "
+        f"{ours.step_values() / base.step_values():.3f}; measured on this CPU {draft_ms / main_ms:.3f})"
+    )
+
+    # Acceptance against training time (recorded while distilling) and data (optional retraining).
+    print("\n## Held-out English acceptance during training")
+    for point in summary["training"]["curve"]:
+        print(
+            f"  step {point['step']:4d}  {point['train_s']:6.0f} s  train {point['train_acc']:.1%}"
+            f"  held-out {point['heldout_en']:.1%}"
+        )
+    print(f"  (untrained copied layers: {summary['acceptance']['untrained_heldout_en']:.1%})")
+    if args.data_curve:
+        english = heldout.subset(i for i, c in enumerate(heldout.clips) if c["language"] == "en")
+        print(f"\n## Held-out English acceptance by training data ({args.data_curve} steps each)")
+        report["data_curve"] = data_curve(
+            plain, args.main, config, summary["ffn_dim"], english, args.data_curve, args.speech_dir
+        )
+    report["load_after"] = os.getloadavg()
+    print(f"\nload average after {report['load_after'][0]:.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Distillation on tiny random-weight models: initialisation, training, resuming, the output directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import WhisperConfig, WhisperForCausalLM, WhisperForConditionalGeneration
+
+from spec_whisper.distillation import (
+    CHECKPOINT_FILE,
+    Clip,
+    DistilConfig,
+    LabelledSet,
+    _ffn_within_budget,
+    added_parameters,
+    build_shortlist,
+    distil,
+    init_assistant,
+    label_clips,
+    train,
+)
+from spec_whisper.engine import SpeculativeWhisper
+from spec_whisper.loading import make_tiny_models
+from spec_whisper.types import DecodingOptions
+
+END = 50257
+# Random weights never say end-of-text, so tests keep capped transcripts.
+CONFIG = DistilConfig(
+    steps=6,
+    batch_size=3,
+    require_end=False,
+    max_new_tokens=10,
+    train_vocab=300,
+    shortlist=200,
+    warmup_steps=2,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+def _noise_clips(n: int, heldout: bool, offset: int = 0) -> list[Clip]:
+    def load(i: int) -> np.ndarray:
+        rng = np.random.default_rng(i)
+        return (0.1 * rng.standard_normal(16000 * (2 + i % 4))).astype(np.float32)
+
+    return [
+        Clip(f"noise-{i}", "en", "noise", heldout, lambda i=i: load(i)) for i in range(offset, offset + n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def labelled(tiny) -> tuple[SpeculativeWhisper, LabelledSet]:
+    engine = SpeculativeWhisper.load(tiny["main"])
+    return engine, label_clips(engine, _noise_clips(6, False), CONFIG, cache_dir=None)
+
+
+def _fresh(tiny) -> WhisperForCausalLM:
+    return init_assistant(WhisperForConditionalGeneration.from_pretrained(tiny["main"]), (0, -1))
+
+
+def _vocab(data: LabelledSet) -> list[int]:
+    labels = [x[p:] for x, p in zip(data.inputs, data.prompt_lens, strict=True)]
+    return build_shortlist(labels, CONFIG.train_vocab, [END], [], 51865)
+
+
+def test_init_copies_first_and_last_layers_and_embeddings(tiny) -> None:
+    main = WhisperForConditionalGeneration.from_pretrained(tiny["main"])
+    assistant = init_assistant(main, (0, -1))
+    source, target = main.model.decoder, assistant.model.decoder
+    assert len(target.layers) == 2
+    for slot, index in ((0, 0), (1, 2)):
+        for name, value in source.layers[index].state_dict().items():
+            assert torch.equal(target.layers[slot].state_dict()[name], value), name
+    assert torch.equal(target.embed_tokens.weight, source.embed_tokens.weight)
+    assert torch.equal(target.embed_positions.weight, source.embed_positions.weight)
+    assert assistant.proj_out.weight.data_ptr() == target.embed_tokens.weight.data_ptr()
+
+
+def test_narrower_feed_forward_keeps_whole_units(tiny) -> None:
+    main = WhisperForConditionalGeneration.from_pretrained(tiny["main"])
+    assistant = init_assistant(main, (1,), ffn_dim=96)
+    fc1, kept = main.model.decoder.layers[1].fc1.weight, assistant.model.decoder.layers[0].fc1.weight
+    assert kept.shape == (96, fc1.shape[1])
+    rows = [int((fc1 == row).all(dim=1).nonzero()) for row in kept]
+    assert rows == sorted(rows)  # a subset of the main model's units, in their order
+
+
+def test_feed_forward_width_fits_the_parameter_budget() -> None:
+    # whisper-base's shape without its weights: 2 full layers would add 11.6% to the main model.
+    config = WhisperConfig(d_model=512, encoder_layers=6, decoder_layers=6, decoder_ffn_dim=2048)
+    config.update({"encoder_ffn_dim": 2048, "encoder_attention_heads": 8, "decoder_attention_heads": 8})
+    with torch.device("meta"):
+        main = WhisperForConditionalGeneration(config)
+        ffn = _ffn_within_budget(main, 2, 0.10)
+        assistant = init_assistant(main, (0, -1), ffn)
+    assert ffn < 2048 and ffn % 128 == 0
+    share = added_parameters(assistant) / sum(p.numel() for p in main.parameters())
+    assert 0.09 < share <= 0.10
+
+
+def test_shortlist_always_holds_end_of_text_and_prompt() -> None:
+    labels = [torch.tensor([5, 5, 7, 9, 9, 9]), torch.tensor([7, 3])]
+    required = [END, 50258, 50259, 50359, 50363]
+    order = build_shortlist(labels, 8, required, excluded=[3], vocab=51865)
+    assert order[:5] == required
+    assert order[5:8] == [9, 5, 7]  # by frequency; the suppressed 3 never
+    assert build_shortlist(labels, 1, [END], [], 51865) == [END]
+    assert len(build_shortlist(labels, 40, [END], [], 51865)) == 40  # filled with low (frequent) BPE ids
+
+
+def test_training_lowers_the_loss_and_is_deterministic(tiny, labelled) -> None:
+    _, data = labelled
+    vocab = _vocab(data)
+    runs = []
+    for _ in range(2):
+        assistant = _fresh(tiny)
+        before = _full_loss(assistant, data, vocab)
+        record = train(assistant, data, vocab, CONFIG, END, progress=False)
+        runs.append((before, _full_loss(assistant, data, vocab), assistant.state_dict(), record))
+    (before, after, state, record), (_, _, again, _) = runs
+    assert record["step"] == CONFIG.steps
+    assert after < before
+    assert all(torch.equal(state[k], again[k]) for k in state)
+
+
+def test_resume_continues_from_the_checkpoint(tiny, labelled, tmp_path: Path) -> None:
+    _, data = labelled
+    vocab = _vocab(data)
+    straight = _fresh(tiny)
+    train(straight, data, vocab, CONFIG, END, progress=False)
+
+    checkpoint = tmp_path / CHECKPOINT_FILE
+    interrupted = _fresh(tiny)
+    record = train(
+        interrupted, data, vocab, CONFIG, END, checkpoint, checkpoint_every=1, progress=False, stop_after=2
+    )
+    assert record["step"] == 2 and checkpoint.is_file()
+    resumed = _fresh(tiny)
+    record = train(resumed, data, vocab, CONFIG, END, checkpoint, progress=False)
+    assert record["step"] == CONFIG.steps
+    expected = straight.state_dict()
+    for name, value in resumed.state_dict().items():
+        assert torch.allclose(value, expected[name], atol=1e-6), name
+
+
+def test_output_directory_loads_everywhere_and_drafts_exactly(tiny, tmp_path: Path) -> None:
+    out = tmp_path / "assistant"
+    clips = (_noise_clips(6, False), _noise_clips(2, True, offset=10))
+    distil(tiny["main"], out, CONFIG, clips=clips, cache_dir=tmp_path / "cache", progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "shortlist.json",
+        "README.md",
+    } <= names
+    shortlist = json.loads((out / "shortlist.json").read_text())["token_ids"]
+    assert END in shortlist and len(shortlist) == CONFIG.shortlist
+    summary = json.loads((out / "distillation.json").read_text())
+    assert summary["finished"] and summary["training"]["step"] == CONFIG.steps
+    assert "acceptance" in (out / "README.md").read_text().lower()
+
+    loaded = WhisperForCausalLM.from_pretrained(out)
+    assert loaded.config.decoder_layers == 2
+
+    engine = SpeculativeWhisper.load(tiny["main"], out)
+    assert engine.assistant.shortlist.tolist() == sorted(shortlist)
+    pcm = [c.load() for c in _noise_clips(3, True, offset=20)]
+    states = engine.encode(engine.log_mel(pcm))
+    greedy = engine.decode(states, [DecodingOptions(language="en", speculative=False, max_new_tokens=20)] * 3)
+    spec = engine.decode(states, [DecodingOptions(language="en", draft_length=4, max_new_tokens=20)] * 3)
+    assert [r.tokens for r in spec] == [r.tokens for r in greedy]
+    assert sum(r.stats.drafted for r in spec) > 0
+
+    # transformers' own assisted generation accepts it as a decoder-only assistant.
+    main = WhisperForConditionalGeneration.from_pretrained(tiny["main"])
+    mel = engine.log_mel(pcm[:1])
+    kwargs = dict(max_new_tokens=8, do_sample=False, num_beams=1, language="en", task="transcribe")
+    assert torch.equal(main.generate(mel, assistant_model=loaded, **kwargs), main.generate(mel, **kwargs))
+
+    # A rerun with the same settings leaves the finished assistant alone.
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    distil(tiny["main"], out, CONFIG, clips=clips, cache_dir=tmp_path / "cache", progress=False)
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def _full_loss(assistant: WhisperForCausalLM, data: LabelledSet, vocab: list[int]) -> float:
+    from spec_whisper.distillation import _collate, _loss, _targets
+
+    head = assistant.model.decoder.embed_tokens.weight[torch.tensor(vocab)].detach()
+    batch = _collate(data, _targets(data, vocab, 51865, END), list(range(len(data.inputs))), END)
+    with torch.no_grad():
+        return _loss(assistant, head, batch, CONFIG.hard_weight)[0].item()
