@@ -1050,14 +1050,20 @@ def model_card(summary: dict) -> str:
     layers = ", ".join(str(i) for i in s["layers"])
     share = summary["added_parameters"] / summary["main_parameters"]
     stopped = " (stopped by the wall-clock cap)" if t.get("stopped_by_time") else ""
+    synthetic = (
+        "Synthetic speech: espeak-ng voices over sentences written for this project, the King James "
+        "Bible (public domain, Debian `bible-kjv`, when installed) and the training clips' transcripts."
+        if any(g.startswith("espeak/") for g in d["train"])
+        else "No synthetic speech (espeak-ng was not installed)."
+    )
     return f"""# Distilled assistant for `{summary["main"]}`
 
 Decoder-only `WhisperForCausalLM` drafter for exact speculative decoding. It reads the main model's
 encoder states and shares its token and position embeddings (the output head is tied to them);
 `shortlist.json` restricts the head to {summary["shortlist_size"]} tokens when the engine loads it.
 
-Made by `scripts/distil_assistant.py` (`spec_whisper.distillation`) on {summary["created"]}, with
-{summary["threads"]} CPU threads.
+Made by `scripts/distil_assistant.py` (`spec_whisper.distillation`) on {summary["created"]}
+(torch threads: {summary["threads"]}).
 
 - Layers: the main decoder's layers {layers}; feed-forward width {summary["ffn_dim"]} of
   {summary["main_ffn_dim"]} (the units with the largest weight norms kept);
@@ -1074,8 +1080,7 @@ Made by `scripts/distil_assistant.py` (`spec_whisper.distillation`) on {summary[
 {d["train_windows"]} training windows ({d["train_dropped"]} dropped: no end-of-text within
 {s["max_new_tokens"]} tokens). Held out, never trained on: {d["heldout_windows"]} clips (the last
 {s["heldout_speakers"]} LibriSpeech test-other speakers, the last {s["heldout_fleurs"]} FLEURS files
-per language). Synthetic speech: espeak-ng voices over sentences written for this project, the
-King James Bible (public domain, Debian `bible-kjv`) and the training clips' transcripts.
+per language). {synthetic}
 
 | source/language | windows | tokens |
 |---|---|---|
