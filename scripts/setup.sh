@@ -14,6 +14,6 @@ command -v "$python" >/dev/null || python=python3
 .venv/bin/python -m pip install -q -e ".[offline,serve,bench,dev]" -e client
 if ! command -v espeak-ng >/dev/null; then
   # Synthetic speech for distilling the assistant (Debian package).
-  (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) || echo "espeak-ng unavailable: distilling on real clips only"
+  (apt-get update -qq && apt-get install -y -qq espeak-ng bible-kjv >/dev/null) || echo "espeak-ng unavailable: distilling on real clips only"
 fi
 .venv/bin/python scripts/prepare_models.py --offline ${QUICK_ASSISTANT:+--quick-assistant}
