@@ -49,6 +49,10 @@ def _encode(engine: SpeculativeWhisper, clips: list[dict[str, Any]], batch: int)
 
 @pytest.mark.parametrize("batch", [1, 8])
 def test_speculative_equals_transformers_greedy(engine, clips, reference, batch: int) -> None:
+    # The distilled assistant sees every clip; the whisper-base-as-assistant variants every 4th,
+    # which keeps CI within its time limit while still covering both languages sets.
+    if engine.models.assistant.config.decoder_layers == 6:
+        clips, reference = clips[::4], reference[::4]
     ours, drafted, accepted = [], 0, 0
     for states in _encode(engine, clips, batch):
         for result in engine.decode(states, [DecodingOptions()] * states.main.shape[0]):
