@@ -50,11 +50,6 @@ def test_windows_tile_the_file(whole: Result, longform: dict[str, Any]) -> None:
     assert whole.language == "en" and whole.text
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="spec_whisper.chunking.merge_windows joins two windows at a spurious 2-token match (', and'), "
-    "dropping about 30 words of this file: WER 0.249, 0.188 with MIN_AGREEMENT=3 (reported to its owner)",
-)
 def test_wer_close_to_the_utterances_one_by_one(
     whole: Result, parts: list[Result], longform: dict[str, Any]
 ) -> None:
