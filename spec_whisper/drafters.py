@@ -7,9 +7,10 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .cost_model import DecoderCosts, best_draft_length
 from .decoder import DecoderCache, WhisperDecoderRunner
 
-__all__ = ["MAX_DRAFT", "AssistantDrafter", "DraftLengthPolicy", "Drafter"]
+__all__ = ["MAX_DRAFT", "AssistantDrafter", "CostModelPolicy", "DraftLengthPolicy", "Drafter", "LengthPolicy"]
 
 MAX_DRAFT = 16
 
@@ -26,6 +27,12 @@ class Drafter(Protocol):
 
     def keep(self, rows: Tensor) -> None:
         """Drop finished rows; `rows` are the indices of those still decoding."""
+
+
+class LengthPolicy(Protocol):
+    def current(self) -> int: ...
+    def observe(self, n_accepted: Tensor, k: int) -> None: ...
+    def keep(self, rows: Tensor) -> None: ...
 
 
 class DraftLengthPolicy:
@@ -52,6 +59,37 @@ class DraftLengthPolicy:
         self.lengths = self.lengths[rows]
 
 
+class CostModelPolicy:
+    """The draft length with the most expected tokens per second for the rows in the batch.
+
+    Each row's acceptance probability is estimated from its own verify passes (accepted drafts over
+    accepted plus rejections), starting from `prior` worth `prior_weight` observations, and the
+    measured pass costs turn it into a length: long drafts at batch 1 where verifying is nearly free,
+    short ones or none (plain greedy) when a large batch makes every verified token cost full price.
+    """
+
+    def __init__(
+        self, costs: DecoderCosts, batch: int, prior: float = 0.7, prior_weight: float = 4.0,
+        maximum: int = MAX_DRAFT,
+    ) -> None:
+        self.costs = costs
+        self.accepted = torch.full((batch,), prior * prior_weight)
+        self.trials = torch.full((batch,), float(prior_weight))
+        self.maximum = maximum
+
+    def current(self) -> int:
+        return best_draft_length(self.costs, self.accepted / self.trials, self.maximum)
+
+    def observe(self, n_accepted: Tensor, k: int) -> None:
+        if k > 0:
+            accepted = n_accepted.float()
+            self.accepted += accepted
+            self.trials += accepted + (n_accepted < k).float()
+
+    def keep(self, rows: Tensor) -> None:
+        self.accepted, self.trials = self.accepted[rows], self.trials[rows]
+
+
 class AssistantDrafter:
     """Greedy drafts from a smaller Whisper decoder over its own static cache.
 
@@ -60,7 +98,7 @@ class AssistantDrafter:
     window width to every row re-writes a few already-valid slots, which is cheaper than padding.
     """
 
-    def __init__(self, runner: WhisperDecoderRunner, cache: DecoderCache, policy: DraftLengthPolicy) -> None:
+    def __init__(self, runner: WhisperDecoderRunner, cache: DecoderCache, policy: LengthPolicy) -> None:
         self.runner = runner
         self.cache = cache
         self.policy = policy

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from .decoder import WhisperDecoderRunner
-from .drafters import AssistantDrafter, DraftLengthPolicy
+from .cost_model import DecoderCosts
+from .drafters import AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
 from .features import LogMelSpectrogram
 from .loading import AssistantEncoder, LoadedModels, load_models
 from .logit_filters import LogitFilter, SuppressAtBegin, SuppressTokens
@@ -21,9 +22,7 @@ from .speculative import DecodeRequest, generate
 from .tokens import SpecialTokens
 from .types import DecodingOptions, Transcription
 
-__all__ = ["DEFAULT_DRAFT_LENGTH", "EncoderStates", "SpeculativeWhisper"]
-
-DEFAULT_DRAFT_LENGTH = 5
+__all__ = ["EncoderStates", "SpeculativeWhisper"]
 
 
 @dataclass
@@ -46,6 +45,7 @@ class SpeculativeWhisper:
         self.features = LogMelSpectrogram(self.n_mels).to(self.device)
         self.main = WhisperDecoderRunner(models.main.model.decoder, models.main.proj_out.weight)
         self.assistant = None
+        self._costs: DecoderCosts | None = None
         if models.assistant is not None:
             self.assistant = WhisperDecoderRunner(
                 models.assistant.model.decoder, models.assistant.proj_out.weight, models.assistant_shortlist
@@ -65,6 +65,13 @@ class SpeculativeWhisper:
         assistant_encoder: AssistantEncoder = "auto",
     ) -> SpeculativeWhisper:
         return cls(load_models(main, assistant, precision, device, assistant_encoder), device)
+
+    def costs(self) -> DecoderCosts:
+        """Measured pass costs that pick the draft length (timed on first use: a few seconds)."""
+        if self._costs is None:
+            frames = self.models.main.config.max_source_positions
+            self._costs = DecoderCosts.measure(self.main, self.assistant, frames)
+        return self._costs
 
     def check_language(self, language: str | None) -> None:
         self.tokens.check_language(language)
@@ -128,8 +135,10 @@ class SpeculativeWhisper:
         if speculative:
             assert self.assistant is not None
             own = states.assistant if states.assistant is not None else states.main
-            policy = DraftLengthPolicy(
-                batch, DEFAULT_DRAFT_LENGTH if draft_length is None else draft_length, adaptive
+            policy: LengthPolicy = (
+                CostModelPolicy(self.costs(), batch)
+                if draft_length is None
+                else DraftLengthPolicy(batch, draft_length, adaptive)
             )
             drafter = AssistantDrafter(self.assistant, self.assistant.new_cache(own), policy)
         tokens, stats = generate(

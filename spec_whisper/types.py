@@ -15,9 +15,10 @@ class DecodingOptions:
     task: str = "transcribe"
     # False runs the main model alone (plain greedy); the output is identical either way.
     speculative: bool = True
-    # Tokens the assistant drafts per main pass; None lets the engine choose from the batch size.
+    # Tokens the assistant drafts per main pass. None: the engine picks, every pass, the length with the
+    # most expected tokens per second from its measured pass costs, the batch size and the acceptance so far.
     draft_length: int | None = None
-    # Grow the draft by 2 after a fully accepted draft and shrink it by 1 otherwise.
+    # With a draft_length: start there, grow by 2 after a fully accepted draft and shrink by 1 otherwise.
     adaptive_draft: bool = True
     # Upper bound on generated tokens, not counting the prompt.
     max_new_tokens: int = 444

@@ -95,7 +95,7 @@ def test_mixed_modes_in_one_batch(tiny, noise) -> None:
     engine = SpeculativeWhisper.load(tiny["main"], tiny["decoder_only"])
     states = engine.encode(engine.log_mel(noise[:4]))
     options = [
-        DecodingOptions(language="en", speculative=True, max_new_tokens=20),
+        DecodingOptions(language="en", speculative=True, draft_length=3, max_new_tokens=20),
         DecodingOptions(language="de", speculative=False, max_new_tokens=20),
         DecodingOptions(language=None, speculative=True, draft_length=2, max_new_tokens=20),
         DecodingOptions(language="fr", task="translate", speculative=False, max_new_tokens=20),
@@ -148,7 +148,7 @@ def test_shortlist_head_drafts_only_listed_tokens(tiny, noise, tmp_path: Path) -
         engine = SpeculativeWhisper.load(tiny["main"], assistant)
         assert engine.assistant.shortlist.tolist() == listed
         states = engine.encode(engine.log_mel(noise[:2]))
-        results = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=30)] * 2)
+        results = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=30, draft_length=4)] * 2)
         assert [r.tokens for r in results] == greedy
         rate = sum(r.stats.accepted for r in results) / sum(r.stats.drafted for r in results)
         assert rate == 1.0 if expect_all_accepted else rate == 0.0

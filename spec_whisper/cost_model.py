@@ -1,0 +1,86 @@
+"""How long decoder passes take on this device, and the draft length that pays best for a batch.
+
+Verifying `k` drafts for `B` rows is one main forward over `B x (k + 1)` tokens plus `k` assistant
+steps. At batch 1 on a CPU the main forward is bound by reading the weights, so extra tokens are
+nearly free and long drafts pay; at batch 16 it is bound by arithmetic, every verified token costs
+about what a decoded one does, and a rejected draft is pure loss. No constant draft length is right
+for both, so the engine times the passes once (`DecoderCosts.measure`) and each verify pass picks
+the `k` that maximises expected tokens per second for the rows it holds (`best_draft_length`),
+down to `k = 0`, which is plain greedy decoding.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .decoder import WhisperDecoderRunner
+
+__all__ = ["DecoderCosts", "best_draft_length", "expected_tokens"]
+
+BATCHES = (1, 2, 4, 8, 16)
+TOKENS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 17)
+# Where in the sequence the timed passes sit: a typical utterance's middle.
+_POSITION = 40
+
+
+@dataclass(frozen=True)
+class DecoderCosts:
+    """Seconds per pass: `verify[i, j]` for BATCHES[i] rows x TOKENS[j] tokens through the main decoder
+    (forward and argmax), `draft[i]` for one assistant step of BATCHES[i] rows."""
+
+    verify: np.ndarray
+    draft: np.ndarray
+
+    def verify_s(self, batch: int, tokens: int) -> float:
+        per_row = np.array([np.interp(tokens, TOKENS, row) for row in self.verify]) / BATCHES
+        return float(np.interp(batch, BATCHES, per_row) * batch)
+
+    def draft_s(self, batch: int) -> float:
+        return float(np.interp(batch, BATCHES, self.draft / BATCHES) * batch)
+
+    @classmethod
+    @torch.inference_mode()
+    def measure(
+        cls, main: WhisperDecoderRunner, assistant: WhisperDecoderRunner | None, frames: int, repeats: int = 3
+    ) -> DecoderCosts:
+        """Median time of each pass shape, over `frames` encoder frames of random states."""
+
+        def timed(runner: WhisperDecoderRunner, batch: int, tokens: int) -> float:
+            states = torch.randn(batch, frames, runner.layers[0].cross_kv.in_features, dtype=runner.dtype)
+            cache = runner.new_cache(states)
+            ids = torch.randint(0, runner.vocab_size, (batch, tokens))
+            start = torch.full((batch,), _POSITION)
+            runner.forward(ids, start, cache).argmax(-1)  # warm-up
+            times = []
+            for _ in range(repeats):
+                began = time.perf_counter()
+                runner.forward(ids, start, cache).argmax(-1)
+                times.append(time.perf_counter() - began)
+            return float(np.median(times))
+
+        verify = np.array([[timed(main, b, t) for t in TOKENS] for b in BATCHES])
+        draft = np.array([timed(assistant, b, 1) if assistant else np.inf for b in BATCHES])
+        return cls(verify, draft)
+
+
+def expected_tokens(acceptance: Tensor, k: int) -> Tensor:
+    """Tokens a verify pass commits per row when each draft token is accepted with probability
+    `acceptance` until the first rejection: 1 + a + a^2 + ... + a^k."""
+    return sum((acceptance**i for i in range(k + 1)), torch.zeros_like(acceptance))
+
+
+def best_draft_length(costs: DecoderCosts, acceptance: Tensor, maximum: int) -> int:
+    """The `k` in 0..maximum with the most committed tokens per second for rows of these acceptances."""
+    batch = len(acceptance)
+    if batch == 0:
+        return 0
+    rates = [
+        float(expected_tokens(acceptance, k).sum()) / (costs.verify_s(batch, k + 1) + k * costs.draft_s(batch))
+        for k in range(maximum + 1)
+    ]
+    return int(np.argmax(rates))

@@ -1,0 +1,88 @@
+"""The cost model picks long drafts where verifying is cheap and none where it is not; output stays exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spec_whisper.cost_model import BATCHES, TOKENS, DecoderCosts, best_draft_length, expected_tokens
+from spec_whisper.drafters import CostModelPolicy
+from spec_whisper.engine import SpeculativeWhisper
+from spec_whisper.loading import make_tiny_models
+from spec_whisper.types import DecodingOptions
+
+
+def _costs(verify_per_extra_token: float, draft: float) -> DecoderCosts:
+    """A main pass of 1 s per row plus `verify_per_extra_token` s for each further token of the row."""
+    verify = np.array([[b * (1 + verify_per_extra_token * (t - 1)) for t in TOKENS] for b in BATCHES])
+    return DecoderCosts(verify, np.array([draft * b for b in BATCHES], dtype=float))
+
+
+def test_expected_tokens_is_the_geometric_sum() -> None:
+    a = torch.tensor([0.0, 0.5, 1.0])
+    assert expected_tokens(a, 0).tolist() == [1, 1, 1]
+    assert expected_tokens(a, 3).tolist() == [1, 1.875, 4]
+
+
+def test_interpolation_between_measured_shapes() -> None:
+    costs = _costs(0.1, 0.05)
+    assert costs.verify_s(1, 1) == pytest.approx(1.0)
+    assert costs.verify_s(4, 7) == pytest.approx(4 * 1.6)  # between 6 and 8 tokens
+    assert costs.verify_s(32, 1) == pytest.approx(32.0)  # past the grid: cost per row held
+    assert costs.draft_s(3) == pytest.approx(0.15)
+
+
+def test_free_verification_and_good_drafts_mean_long_drafts() -> None:
+    assert best_draft_length(_costs(0.0, 0.01), torch.full((1,), 0.9), 16) >= 8
+
+
+def test_full_price_verification_means_no_drafting() -> None:
+    # Every verified token costs as much as a decoded one: a draft can only lose.
+    assert best_draft_length(_costs(1.0, 0.1), torch.full((8,), 0.8), 16) == 0
+
+
+def test_poor_acceptance_means_short_or_no_drafts() -> None:
+    costs = _costs(0.05, 0.15)
+    lengths = [best_draft_length(costs, torch.full((1,), a), 16) for a in (0.1, 0.5, 0.8, 0.95)]
+    assert lengths[0] == 0
+    assert lengths == sorted(lengths) and lengths[-1] > lengths[1]
+
+
+def test_policy_learns_each_rows_acceptance() -> None:
+    policy = CostModelPolicy(_costs(0.05, 0.1), batch=2, prior=0.7, prior_weight=4)
+    first = policy.current()
+    for _ in range(20):
+        policy.observe(torch.tensor([0, 0]), 4)  # every draft rejected at its first token
+    assert policy.current() < first
+    assert policy.current() == 0
+    policy.keep(torch.tensor([1]))
+    assert policy.accepted.shape == (1,)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+def test_engine_measures_costs_and_stays_exact(tiny) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])
+    costs = engine.costs()
+    assert costs.verify.shape == (len(BATCHES), len(TOKENS)) and np.all(costs.verify > 0)
+    assert np.all(np.isfinite(costs.draft)) and costs is engine.costs()  # measured once
+    rng = np.random.default_rng(1)
+    pcm = [(0.1 * rng.standard_normal(16000 * s)).astype(np.float32) for s in (3, 7, 11)]
+    states = engine.encode(engine.log_mel(pcm))
+    plain = engine.decode(states, [DecodingOptions(language="en", speculative=False, max_new_tokens=25)] * 3)
+    # Verification made free: the identical assistant drafts long and every draft is accepted.
+    engine._costs = _costs(0.0, 0.01)
+    auto = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=25)] * 3)
+    assert [r.tokens for r in auto] == [r.tokens for r in plain]
+    assert all(r.stats.drafted > 0 and r.stats.accepted == r.stats.drafted for r in auto)
+    # Verification made dear: the engine does not draft at all.
+    engine._costs = _costs(1.0, 1.0)
+    none = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=25)] * 3)
+    assert [r.tokens for r in none] == [r.tokens for r in plain]
+    assert all(r.stats.drafted == 0 for r in none)
