@@ -80,7 +80,8 @@ def best_draft_length(costs: DecoderCosts, acceptance: Tensor, maximum: int) -> 
     if batch == 0:
         return 0
     rates = [
-        float(expected_tokens(acceptance, k).sum()) / (costs.verify_s(batch, k + 1) + k * costs.draft_s(batch))
+        float(expected_tokens(acceptance, k).sum())
+        / (costs.verify_s(batch, k + 1) + k * costs.draft_s(batch))
         for k in range(maximum + 1)
     ]
     return int(np.argmax(rates))

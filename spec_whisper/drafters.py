@@ -69,7 +69,11 @@ class CostModelPolicy:
     """
 
     def __init__(
-        self, costs: DecoderCosts, batch: int, prior: float = 0.7, prior_weight: float = 4.0,
+        self,
+        costs: DecoderCosts,
+        batch: int,
+        prior: float = 0.7,
+        prior_weight: float = 4.0,
         maximum: int = MAX_DRAFT,
     ) -> None:
         self.costs = costs

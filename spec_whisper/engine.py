@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .decoder import WhisperDecoderRunner
 from .cost_model import DecoderCosts
+from .decoder import WhisperDecoderRunner
 from .drafters import AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
 from .features import LogMelSpectrogram
 from .loading import AssistantEncoder, LoadedModels, load_models
@@ -22,7 +22,10 @@ from .speculative import DecodeRequest, generate
 from .tokens import SpecialTokens
 from .types import DecodingOptions, Transcription
 
-__all__ = ["EncoderStates", "SpeculativeWhisper"]
+__all__ = ["STAGES", "EncoderStates", "SpeculativeWhisper"]
+
+# A Triton model runs one of these; an in-process engine runs both.
+STAGES = frozenset({"encoder", "decoder"})
 
 
 @dataclass
@@ -36,20 +39,29 @@ class EncoderStates:
 
 
 class SpeculativeWhisper:
-    def __init__(self, models: LoadedModels, device: str = "cpu") -> None:
+    def __init__(self, models: LoadedModels, device: str = "cpu", stages: Collection[str] = STAGES) -> None:
+        if unknown := set(stages) - STAGES:
+            raise ValueError(f"unknown stages {sorted(unknown)}; expected a subset of {sorted(STAGES)}")
+        self.stages = frozenset(stages)
         self.models = models
         self.device = torch.device(device)
         self.tokens = SpecialTokens.from_generation_config(models.generation_config)
         self.tokenizer = models.tokenizer
         self.n_mels = models.main.config.num_mel_bins
         self.features = LogMelSpectrogram(self.n_mels).to(self.device)
-        self.main = WhisperDecoderRunner(models.main.model.decoder, models.main.proj_out.weight)
-        self.assistant = None
+        self.main: WhisperDecoderRunner | None = None
+        self.assistant: WhisperDecoderRunner | None = None
         self._costs: DecoderCosts | None = None
-        if models.assistant is not None:
-            self.assistant = WhisperDecoderRunner(
-                models.assistant.model.decoder, models.assistant.proj_out.weight, models.assistant_shortlist
-            )
+        if "decoder" in self.stages:
+            self.main = WhisperDecoderRunner(models.main.model.decoder, models.main.proj_out.weight)
+            if models.assistant is not None:
+                self.assistant = WhisperDecoderRunner(
+                    models.assistant.model.decoder,
+                    models.assistant.proj_out.weight,
+                    models.assistant_shortlist,
+                )
+        if self.stages != STAGES:
+            _release_unused(models, self.stages)
         self.filters: list[LogitFilter] = [
             SuppressTokens(self.tokens.suppress),
             SuppressAtBegin(self.tokens.begin_suppress),
@@ -63,12 +75,16 @@ class SpeculativeWhisper:
         precision: str = "fp32",
         device: str = "cpu",
         assistant_encoder: AssistantEncoder = "auto",
+        stages: Collection[str] = STAGES,
     ) -> SpeculativeWhisper:
-        return cls(load_models(main, assistant, precision, device, assistant_encoder), device)
+        """`stages`: what this process runs. A Triton encoder step loads with {"encoder"} and keeps no
+        decoder weights; a decoder step with {"decoder"} keeps no encoder."""
+        return cls(load_models(main, assistant, precision, device, assistant_encoder), device, stages)
 
     def costs(self) -> DecoderCosts:
         """Measured pass costs that pick the draft length (timed on first use: a few seconds)."""
         if self._costs is None:
+            assert self.main is not None, "no decoder stage"
             frames = self.models.main.config.max_source_positions
             self._costs = DecoderCosts.measure(self.main, self.assistant, frames)
         return self._costs
@@ -83,6 +99,8 @@ class SpeculativeWhisper:
 
     @torch.inference_mode()
     def encode(self, mel: Tensor) -> EncoderStates:
+        if "encoder" not in self.stages:
+            raise RuntimeError("this engine was loaded without its encoder stage")
         dtype = self.models.main.dtype
         states = self.models.main.model.encoder(mel.to(self.device, dtype)).last_hidden_state
         if not self.models.assistant_has_encoder:
@@ -93,6 +111,8 @@ class SpeculativeWhisper:
     @torch.inference_mode()
     def decode(self, states: EncoderStates, options: Sequence[DecodingOptions]) -> list[Transcription]:
         """Decode every row with its own options; rows sharing a decoding mode form one batch."""
+        if self.main is None:
+            raise RuntimeError("this engine was loaded without its decoder stage")
         if len(options) != states.main.shape[0]:
             raise ValueError(f"{len(options)} option sets for {states.main.shape[0]} encoded windows")
         for opts in options:
@@ -187,3 +207,21 @@ class SpeculativeWhisper:
         for r in results:
             r.stats.features_s, r.stats.encoder_s = featured - began, encoded - featured
         return results
+
+
+def _release_unused(models: LoadedModels, stages: frozenset[str]) -> None:
+    """Drop the weights a stage never runs: an encoder step's decoders, a decoder step's encoders and
+    the Hugging Face copies of decoder weights that the runners already hold repacked."""
+    if "decoder" not in stages:
+        if not models.assistant_has_encoder:
+            models.assistant = None
+        for model in (models.main, models.assistant):
+            if model is not None:
+                model.model.decoder, model.proj_out = None, None
+        return
+    for model in (models.main, models.assistant):
+        if model is None:
+            continue
+        if hasattr(model.model, "encoder"):
+            model.model.encoder = None
+        model.model.decoder.layers = torch.nn.ModuleList()

@@ -148,7 +148,37 @@ def test_shortlist_head_drafts_only_listed_tokens(tiny, noise, tmp_path: Path) -
         engine = SpeculativeWhisper.load(tiny["main"], assistant)
         assert engine.assistant.shortlist.tolist() == listed
         states = engine.encode(engine.log_mel(noise[:2]))
-        results = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=30, draft_length=4)] * 2)
+        results = engine.decode(
+            states, [DecodingOptions(language="en", max_new_tokens=30, draft_length=4)] * 2
+        )
         assert [r.tokens for r in results] == greedy
         rate = sum(r.stats.accepted for r in results) / sum(r.stats.drafted for r in results)
         assert rate == 1.0 if expect_all_accepted else rate == 0.0
+
+
+@pytest.mark.parametrize("assistant", ["decoder_only", "full"])
+def test_stage_engines_split_the_work_and_the_weights(tiny, noise, assistant: str) -> None:
+    whole = SpeculativeWhisper.load(tiny["main"], tiny[assistant], assistant_encoder="own")
+    encoder = SpeculativeWhisper.load(
+        tiny["main"], tiny[assistant], stages={"encoder"}, assistant_encoder="own"
+    )
+    decoder = SpeculativeWhisper.load(
+        tiny["main"], tiny[assistant], stages={"decoder"}, assistant_encoder="own"
+    )
+    options = [DecodingOptions(language="en", max_new_tokens=20, draft_length=3)] * 2
+    states = encoder.encode(encoder.log_mel(noise[:2]))
+    split = [r.tokens for r in decoder.decode(states, options)]
+    assert split == [r.tokens for r in whole.decode(whole.encode(whole.log_mel(noise[:2])), options)]
+
+    def parameters(engine: SpeculativeWhisper) -> int:
+        models = [engine.models.main, engine.models.assistant]
+        return sum(p.numel() for m in models if m is not None for p in m.parameters())
+
+    assert encoder.main is None and decoder.models.main.model.encoder is None
+    assert parameters(encoder) + parameters(decoder) < parameters(whole)
+    with pytest.raises(RuntimeError, match="without its decoder stage"):
+        encoder.decode(states, options)
+    with pytest.raises(RuntimeError, match="without its encoder stage"):
+        decoder.encode(decoder.log_mel(noise[:2]))
+    with pytest.raises(ValueError, match="unknown stages"):
+        SpeculativeWhisper.load(tiny["main"], stages={"vocoder"})
