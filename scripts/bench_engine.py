@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from spec_whisper.audio import decode_audio  # noqa: E402
+from spec_whisper.cost_model import BATCHES, TOKENS  # noqa: E402
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
 from spec_whisper.types import DecodingOptions  # noqa: E402
 
@@ -92,9 +93,9 @@ def step_costs(engine: SpeculativeWhisper, states, bandwidth: float) -> dict[str
     return costs
 
 
-def run_ours(engine: SpeculativeWhisper, pcm: list[np.ndarray], batch: int, speculative: bool) -> Run:
-    run = Run(f"ours {'speculative' if speculative else 'greedy'}", batch)
-    options = DecodingOptions(language="en", speculative=speculative)
+def run_ours(engine: SpeculativeWhisper, pcm: list[np.ndarray], batch: int, name: str, **options) -> Run:
+    run = Run(f"ours {name}", batch)
+    options = DecodingOptions(language="en", **options)
     began = time.perf_counter()
     for i in range(0, len(pcm), batch):
         chunk = pcm[i : i + batch]
@@ -226,10 +227,12 @@ def main() -> None:
     runs.append(run_transformers(model, extractor, pcm, assistant))
     if not args.no_ctranslate2:
         runs += [run_ctranslate2(extractor, pcm, "float32"), run_ctranslate2(extractor, pcm, "int8")]
+    engine.costs()  # timed once per engine, before any run
     for batch in args.batch:
         runs += [
-            run_ours(engine, pcm, batch, speculative=False),
-            run_ours(engine, pcm, batch, speculative=True),
+            run_ours(engine, pcm, batch, "greedy", speculative=False),
+            run_ours(engine, pcm, batch, "speculative (cost model)"),
+            run_ours(engine, pcm, batch, "speculative (k=5, +2/-1)", draft_length=5),
         ]
 
     lines = [
@@ -249,12 +252,25 @@ def main() -> None:
         f"{costs['main_5_tokens_ms'] / costs['main_1_tokens_ms']:.2f}x one token.",
     ]
     for batch in args.batch:
-        greedy, spec = (r for r in runs if r.batch == batch and r.name.startswith("ours"))
-        lines.append(
-            f"Batch {batch}: speculative decoder {greedy.decode_s / spec.decode_s:.2f}x faster than our "
-            f"greedy ({greedy.decode_s:.2f} s -> {spec.decode_s:.2f} s), "
-            f"identical tokens: {spec.tokens == greedy.tokens}."
-        )
+        greedy, *speculative = (r for r in runs if r.batch == batch and r.name.startswith("ours"))
+        for spec in speculative:
+            lines.append(
+                f"Batch {batch}, {spec.name}: decoder {greedy.decode_s / spec.decode_s:.2f}x our greedy's "
+                f"speed ({greedy.decode_s:.2f} s -> {spec.decode_s:.2f} s), "
+                f"identical tokens: {spec.tokens == greedy.tokens}."
+            )
+    verify = engine.costs().verify
+    lines.append(
+        "Measured verify pass (ms) by batch x tokens, rows "
+        + ", ".join(str(b) for b in BATCHES)
+        + "; columns "
+        + ", ".join(str(t) for t in TOKENS)
+        + ": "
+        + "; ".join(" ".join(f"{1000 * v:.1f}" for v in row) for row in verify)
+        + "; draft step (ms) "
+        + " ".join(f"{1000 * v:.1f}" for v in engine.costs().draft)
+        + "."
+    )
     report = "\n".join(lines)
     print(report)
     if args.record:

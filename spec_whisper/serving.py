@@ -12,10 +12,10 @@ import itertools
 import json
 import os
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ from spec_whisper.audio import SAMPLE_RATE, decode_audio, prepare_pcm
 from spec_whisper.chunking import Window, merge_windows, split_windows
 from spec_whisper.engine import EncoderStates, SpeculativeWhisper
 from spec_whisper.types import DecodingOptions, DecodingStats, Transcription
+
+T = TypeVar("T")
 
 __all__ = [
     "Cancelled",
@@ -280,6 +282,25 @@ def error_response(pb_utils: Any, exc: BaseException) -> Any:
         pb_utils.Logger.log_error(f"spec_whisper: request failed: {trace}")
         error = errors(f"internal error: {type(exc).__name__}: {exc}", errors.INTERNAL)
     return pb_utils.InferenceResponse(error=error)
+
+
+def parse_each(
+    pb_utils: Any, requests: list[Any], parse: Callable[[Any], T]
+) -> tuple[list[Any], dict[int, T]]:
+    """Parse every request on its own, so that a cancelled or bad one fails alone.
+
+    Returns the responses, already holding the error of each request that failed (None elsewhere), and
+    what `parse` made of each good request, by request index."""
+    responses: list[Any] = [None] * len(requests)
+    parsed: dict[int, T] = {}
+    for i, request in enumerate(requests):
+        try:
+            if request.is_cancelled():
+                raise Cancelled()
+            parsed[i] = parse(request)
+        except Exception as exc:
+            responses[i] = error_response(pb_utils, exc)
+    return responses, parsed
 
 
 class DecoderMetrics:

@@ -30,8 +30,6 @@ class TritonPythonModel:
         self.metrics = serving.DecoderMetrics(pb_utils, labels)
 
     def _rows(self, request) -> serving.RequestRows:
-        if request.is_cancelled():
-            raise serving.Cancelled()
         options = serving.decode_options(pb_utils.get_input_tensor_by_name(request, "OPTIONS").as_numpy())
         self.engine.check_language(options.language)
         layout = pb_utils.get_input_tensor_by_name(request, "WINDOW_SAMPLES").as_numpy()
@@ -42,13 +40,7 @@ class TritonPythonModel:
         return serving.request_rows(states, own, layout, options)
 
     def execute(self, requests: list) -> list:
-        responses: list = [None] * len(requests)
-        batch: dict[int, serving.RequestRows] = {}
-        for i, request in enumerate(requests):
-            try:
-                batch[i] = self._rows(request)
-            except Exception as exc:  # one bad request fails alone
-                responses[i] = serving.error_response(pb_utils, exc)
+        responses, batch = serving.parse_each(pb_utils, requests, self._rows)
         outcomes = serving.decode_requests(self.engine, list(batch.values()))
         for i, outcome in zip(batch, outcomes, strict=True):
             try:

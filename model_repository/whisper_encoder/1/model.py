@@ -26,8 +26,6 @@ class TritonPythonModel:
         self.per_pass = int(params.get("max_windows_per_pass", "16"))
 
     def _mel(self, request) -> torch.Tensor:
-        if request.is_cancelled():
-            raise serving.Cancelled()
         # A zero-copy view of the request's shared-memory (or GPU) buffer.
         mel = torch.from_dlpack(pb_utils.get_input_tensor_by_name(request, "MEL").to_dlpack())
         if mel.dim() != 4 or mel.shape[0] != 1 or mel.shape[1] < 1 or mel.shape[2] != self.engine.n_mels:
@@ -43,13 +41,7 @@ class TritonPythonModel:
         return torch.cat([p.main for p in parts]), own
 
     def execute(self, requests: list) -> list:
-        responses: list = [None] * len(requests)
-        mels: dict[int, torch.Tensor] = {}
-        for i, request in enumerate(requests):
-            try:
-                mels[i] = self._mel(request)
-            except Exception as exc:  # one bad request fails alone
-                responses[i] = serving.error_response(pb_utils, exc)
+        responses, mels = serving.parse_each(pb_utils, requests, self._mel)
         if not mels:
             return responses
         try:

@@ -52,19 +52,9 @@ class TritonPythonModel:
         return [samples[w.start : w.end] for w in windows], tensors
 
     def execute(self, requests: list) -> list:
-        responses: list = [None] * len(requests)
-        clips: list[np.ndarray] = []
-        ready: list[tuple[int, int, list]] = []  # (request index, its window count, its other outputs)
-        for i, request in enumerate(requests):
-            try:
-                if request.is_cancelled():
-                    raise serving.Cancelled()
-                windows, tensors = self._prepare(request)
-            except Exception as exc:  # one bad request fails alone
-                responses[i] = serving.error_response(pb_utils, exc)
-                continue
-            clips += windows
-            ready.append((i, len(windows), tensors))
+        responses, prepared = serving.parse_each(pb_utils, requests, self._prepare)
+        clips = [clip for windows, _ in prepared.values() for clip in windows]
+        ready = [(i, len(windows), tensors) for i, (windows, tensors) in prepared.items()]
         try:
             # Every window of every request in one batched STFT; the per-request slices are views.
             mel = self.log_mel.from_pcm(clips) if clips else torch.empty(0)
