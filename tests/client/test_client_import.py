@@ -41,7 +41,7 @@ def test_entry_points_run(command: str) -> None:
         # The console script sits next to the interpreter of the environment it was installed in.
         script = Path(sys.executable).with_name("spec-whisper")
         if not script.exists():
-            pytest.skip(f"spec-whisper is not installed next to {sys.executable} (pip install -e client)")
+            pytest.fail(f"spec-whisper is not installed next to {sys.executable} (pip install -e client)")
         argv = [str(script), "--help"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

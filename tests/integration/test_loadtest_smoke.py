@@ -23,7 +23,6 @@ RUN_S, STOP_S, HARD_LIMIT_S = 5, 240, 360
 def test_locust_smoke_run_has_requests_and_no_errors(
     triton_url: str, speech_dir: Path, tmp_path: Path
 ) -> None:
-    pytest.importorskip("locust")
     record = tmp_path / "requests.jsonl"
     command = [
         "timeout", "-k", "10", str(HARD_LIMIT_S),

@@ -6,13 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import jiwer
 import numpy as np
 import pytest
 from triton_helpers import Result, transcribe, words
 
 from spec_whisper.audio import SAMPLE_RATE, decode_audio
-
-jiwer = pytest.importorskip("jiwer")
 
 pytestmark = pytest.mark.integration
 

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import tritonclient.http as httpclient
 from triton_helpers import grpcclient, inputs, parse, words
 
 pytestmark = pytest.mark.integration
-
-httpclient = pytest.importorskip("tritonclient.http")
 
 # 2.8 s: "YOU DON'T MEAN THAT YOU THOUGHT ME SO SILLY"
 CLIP = "librispeech_test_other/1688/1688-142285-0002.flac"

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pytest
-
-grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc,http]")
-np_to_triton_dtype = pytest.importorskip("tritonclient.utils").np_to_triton_dtype
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import np_to_triton_dtype
 
 
 @dataclass

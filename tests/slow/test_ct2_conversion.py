@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ctranslate2
 import numpy as np
 import pytest
 import soundfile as sf
@@ -25,8 +26,6 @@ from spec_whisper.ct2_convert import (
     read_vocabulary,
     sinusoids,
 )
-
-ctranslate2 = pytest.importorskip("ctranslate2")
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +71,7 @@ def ct2_model(ct2_dir: Path) -> Any:
 @pytest.fixture(scope="session")
 def manifest_rows() -> list[dict[str, Any]]:
     if not (SPEECH_DIR / "manifest.jsonl").is_file():
-        pytest.skip(f"speech clips not found at {SPEECH_DIR}; set SPEECH_DATA_DIR")
+        pytest.fail(f"speech clips not found at {SPEECH_DIR}; set SPEECH_DATA_DIR")
     lines = (SPEECH_DIR / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
