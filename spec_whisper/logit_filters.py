@@ -18,24 +18,22 @@ class LogitFilter(Protocol):
 
 class SuppressTokens:
     def __init__(self, tokens: tuple[int, ...]) -> None:
-        self.tokens = list(tokens)
+        self.tokens = torch.tensor(tokens, dtype=torch.long)
 
     def apply(self, logits: Tensor, generated: Tensor) -> None:
-        logits[..., self.tokens] = -torch.inf
+        logits.index_fill_(-1, self.tokens.to(logits.device), -torch.inf)
 
 
 class SuppressAtBegin:
     """Forbid `tokens` as the first generated token (Whisper must not open with a blank or end)."""
 
     def __init__(self, tokens: tuple[int, ...]) -> None:
-        self.tokens = list(tokens)
+        self.tokens = torch.tensor(tokens, dtype=torch.long)
 
     def apply(self, logits: Tensor, generated: Tensor) -> None:
         first = generated == 0
         if first.any():
-            rows = logits[first]
-            rows[:, self.tokens] = -torch.inf
-            logits[first] = rows
+            logits[first] = logits[first].index_fill_(-1, self.tokens.to(logits.device), -torch.inf)
 
 
 def apply_filters(filters: list[LogitFilter], logits: Tensor, generated: Tensor) -> Tensor:
