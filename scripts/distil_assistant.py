@@ -1,4 +1,4 @@
-"""Distil a decoder-only assistant from a main Whisper model (see spec_whisper/distillation.py).
+"""Distil a decoder-only assistant from a main Whisper model (see spec_whisper/distillation/).
 
     python scripts/distil_assistant.py                               # whisper-base -> whisper-base-assistant
     python scripts/distil_assistant.py --quick --out /tmp/assistant     # a couple of minutes, for CI

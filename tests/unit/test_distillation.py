@@ -15,7 +15,6 @@ from spec_whisper.distillation import (
     Clip,
     DistilConfig,
     LabelledSet,
-    _ffn_within_budget,
     added_parameters,
     build_shortlist,
     distil,
@@ -23,6 +22,7 @@ from spec_whisper.distillation import (
     label_clips,
     train,
 )
+from spec_whisper.distillation.student import _ffn_within_budget
 from spec_whisper.engine import SpeculativeWhisper
 from spec_whisper.loading import make_tiny_models
 from spec_whisper.types import DecodingOptions
@@ -193,7 +193,7 @@ def test_output_directory_loads_everywhere_and_drafts_exactly(tiny, tmp_path: Pa
 
 
 def _full_loss(assistant: WhisperForCausalLM, data: LabelledSet, vocab: list[int]) -> float:
-    from spec_whisper.distillation import _collate, _loss, _targets
+    from spec_whisper.distillation.training import _collate, _loss, _targets
 
     head = assistant.model.decoder.embed_tokens.weight[torch.tensor(vocab)].detach()
     batch = _collate(data, _targets(data, vocab, 51865, END), list(range(len(data.inputs))), END)
