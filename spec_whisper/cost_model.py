@@ -12,7 +12,7 @@ down to `k = 0`, which is plain greedy decoding.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,6 +35,10 @@ class DecoderCosts:
 
     verify: np.ndarray
     draft: np.ndarray
+    # pass_s results by (batch, maximum): the draft-length choice runs every verify pass.
+    _pass_s: dict[tuple[int, int], Tensor] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def verify_s(self, batch: int, tokens: int) -> float:
         per_row = np.array([np.interp(tokens, TOKENS, row) for row in self.verify]) / BATCHES
@@ -42,6 +46,14 @@ class DecoderCosts:
 
     def draft_s(self, batch: int) -> float:
         return float(np.interp(batch, BATCHES, self.draft / BATCHES) * batch)
+
+    def pass_s(self, batch: int, maximum: int) -> Tensor:
+        """Seconds of one verify pass of `batch` rows with k = 0..maximum drafts, drafting included."""
+        key = (batch, maximum)
+        if key not in self._pass_s:
+            seconds = [self.verify_s(batch, k + 1) + k * self.draft_s(batch) for k in range(maximum + 1)]
+            self._pass_s[key] = torch.tensor(seconds, dtype=torch.float64)
+        return self._pass_s[key]
 
     @classmethod
     @torch.inference_mode()
@@ -68,10 +80,10 @@ class DecoderCosts:
         return cls(verify, draft)
 
 
-def expected_tokens(acceptance: Tensor, k: int) -> Tensor:
-    """Tokens a verify pass commits per row when each draft token is accepted with probability
-    `acceptance` until the first rejection: 1 + a + a^2 + ... + a^k."""
-    return sum((acceptance**i for i in range(k + 1)), torch.zeros_like(acceptance))
+def expected_tokens(acceptance: Tensor, maximum: int) -> Tensor:
+    """`[B, maximum + 1]`: column k holds the tokens a verify pass with k drafts commits per row when each
+    draft token is accepted with probability `acceptance` until the first rejection, 1 + a + ... + a^k."""
+    return (acceptance.double()[:, None] ** torch.arange(maximum + 1)).cumsum(dim=1)
 
 
 def best_draft_length(costs: DecoderCosts, acceptance: Tensor, maximum: int) -> int:
@@ -79,9 +91,5 @@ def best_draft_length(costs: DecoderCosts, acceptance: Tensor, maximum: int) -> 
     batch = len(acceptance)
     if batch == 0:
         return 0
-    rates = [
-        float(expected_tokens(acceptance, k).sum())
-        / (costs.verify_s(batch, k + 1) + k * costs.draft_s(batch))
-        for k in range(maximum + 1)
-    ]
-    return int(np.argmax(rates))
+    tokens = expected_tokens(acceptance, maximum).sum(dim=0)
+    return int((tokens / costs.pass_s(batch, maximum)).argmax())

@@ -23,8 +23,8 @@ def _costs(verify_per_extra_token: float, draft: float) -> DecoderCosts:
 
 def test_expected_tokens_is_the_geometric_sum() -> None:
     a = torch.tensor([0.0, 0.5, 1.0])
-    assert expected_tokens(a, 0).tolist() == [1, 1, 1]
-    assert expected_tokens(a, 3).tolist() == [1, 1.875, 4]
+    assert expected_tokens(a, 0)[:, 0].tolist() == [1, 1, 1]
+    assert expected_tokens(a, 3)[:, 3].tolist() == [1, 1.875, 4]
 
 
 def test_interpolation_between_measured_shapes() -> None:
