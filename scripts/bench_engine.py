@@ -63,6 +63,7 @@ def measure_bandwidth_gbs() -> float:
     return data.numel() * 4 / best / 1e9
 
 
+@torch.inference_mode()  # outside it every cache write extends an autograd graph (steps took ~1 s)
 def step_costs(engine: SpeculativeWhisper, states, bandwidth: float) -> dict[str, float]:
     """Milliseconds of one main-decoder forward over 1 and 5 new tokens, and one assistant step."""
     main = engine.main
@@ -82,13 +83,13 @@ def step_costs(engine: SpeculativeWhisper, states, bandwidth: float) -> dict[str
         )
         + main.output.out_features * main.output.in_features * 4
     )
-    cross_bytes = cache.cross_k[:, :1].numel() * 4 * 2
+    cross_bytes = sum(k[:1].numel() for k in cache.cross_k) * 4 * 2
     costs["main_weight_MB"] = weight_bytes / 1e6
     costs["cross_kv_MB_per_row"] = cross_bytes / 1e6
     costs["bound_ms"] = 1000 * (weight_bytes + cross_bytes) / (bandwidth * 1e9)
     if engine.assistant is not None:
         own = states.assistant if states.assistant is not None else states.main
-        a_cache = engine.assistant.new_cache(own[:1])
+        a_cache = engine.assistant.new_cache(own[:1], cache)
         costs["draft_step_ms"] = 1000 * _timed(forward(engine.assistant, a_cache, 1))
     return costs
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .decoder import WhisperDecoderRunner
+from .decoder import DecoderCache, WhisperDecoderRunner
 
 __all__ = ["DecoderCosts", "best_draft_length", "expected_tokens"]
 
@@ -62,9 +62,8 @@ class DecoderCosts:
     ) -> DecoderCosts:
         """Median time of each pass shape, over `frames` encoder frames of random states."""
 
-        def timed(runner: WhisperDecoderRunner, batch: int, tokens: int) -> float:
-            states = torch.randn(batch, frames, runner.layers[0].cross_kv.in_features, dtype=runner.dtype)
-            cache = runner.new_cache(states)
+        def timed(runner: WhisperDecoderRunner, cache: DecoderCache, tokens: int) -> float:
+            batch = cache.self_k.shape[1]
             ids = torch.randint(0, runner.vocab_size, (batch, tokens))
             start = torch.full((batch,), _POSITION)
             runner.forward(ids, start, cache).argmax(-1)  # warm-up
@@ -75,8 +74,15 @@ class DecoderCosts:
                 times.append(time.perf_counter() - began)
             return float(np.median(times))
 
-        verify = np.array([[timed(main, b, t) for t in TOKENS] for b in BATCHES])
-        draft = np.array([timed(assistant, b, 1) if assistant else np.inf for b in BATCHES])
+        verify, draft = np.zeros((len(BATCHES), len(TOKENS))), np.full(len(BATCHES), np.inf)
+        for i, batch in enumerate(BATCHES):
+            states = torch.randn(batch, frames, main.encoder_dim, dtype=main.dtype)
+            cache = main.new_cache(states)
+            verify[i] = [timed(main, cache, tokens) for tokens in TOKENS]
+            if assistant is not None:
+                own = torch.randn(batch, frames, assistant.encoder_dim, dtype=assistant.dtype)
+                # An assistant may read the main decoder's cross-attention cache (`cross_from`).
+                draft[i] = timed(assistant, assistant.new_cache(own, cache), 1)
         return cls(verify, draft)
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DecoderCache", "FastLinear", "WhisperDecoderRunner", "compaction_order"]
+__all__ = ["DecoderCache", "FastLinear", "WhisperDecoderRunner", "compaction_order", "shared_cross_attention"]
 
 
 class FastLinear:
@@ -55,7 +55,7 @@ class _Layer:
     self_out: FastLinear
     self_norm: nn.LayerNorm
     cross_q: FastLinear
-    cross_kv: FastLinear
+    cross_kv: FastLinear | None  # None: the layer reads another decoder's cross-attention cache
     cross_out: FastLinear
     cross_norm: nn.LayerNorm
     fc1: FastLinear
@@ -65,25 +65,34 @@ class _Layer:
 
 @dataclass
 class DecoderCache:
-    """Self-attention keys/values `[layers, B, H, max_len, Dh]` and cross-attention keys/values
-    `[layers, B, H, n_audio_frames, Dh]` for one batch of sequences."""
+    """Self-attention keys/values `[layers, B, H, max_len, Dh]` and, per layer, cross-attention
+    keys/values `[B, H, n_audio_frames, Dh]` for one batch of sequences. An assistant's cross-attention
+    entries may be the main model's own tensors (`WhisperDecoderRunner.cross_from`)."""
 
     self_k: Tensor
     self_v: Tensor
-    cross_k: Tensor
-    cross_v: Tensor
+    cross_k: tuple[Tensor, ...]
+    cross_v: tuple[Tensor, ...]
 
     def select(self, order: Tensor) -> DecoderCache:
         """Keep rows `order` (from `compaction_order`) in the leading slots, dropping the rest.
 
         Finished sequences leave the batch so they cost nothing; moving only the few rows that
         fill the holes costs one row copy per finished sequence instead of a copy of the batch.
+        Moving a row twice (a tensor shared with another cache) copies the same values again.
         """
         moved = (order != torch.arange(len(order))).nonzero().flatten()
-        tensors = list(vars(self).values())
-        for t in tensors:
+        n = len(order)
+        for t in (self.self_k, self.self_v):
             t[:, moved] = t[:, order[moved]]
-        return DecoderCache(*(t[:, : len(order)] for t in tensors))
+        for t in (*self.cross_k, *self.cross_v):
+            t[moved] = t[order[moved]]
+        return DecoderCache(
+            self.self_k[:, :n],
+            self.self_v[:, :n],
+            tuple(t[:n] for t in self.cross_k),
+            tuple(t[:n] for t in self.cross_v),
+        )
 
 
 def compaction_order(finished: Tensor) -> Tensor:
@@ -97,6 +106,27 @@ def compaction_order(finished: Tensor) -> Tensor:
     return order
 
 
+def shared_cross_attention(main: nn.Module, assistant: nn.Module) -> list[int | None]:
+    """For each assistant decoder layer, a main decoder layer with the same cross-attention key and
+    value projections, or None. Both read the same encoder states, so such a layer's cross-attention
+    keys and values are the main model's: computing them again per request would be pure waste."""
+
+    def projections(layer: nn.Module) -> list[Tensor]:
+        attn = layer.encoder_attn
+        return [p.detach() for p in (*attn.k_proj.parameters(), *attn.v_proj.parameters())]
+
+    def same(a: list[Tensor], b: list[Tensor]) -> bool:
+        return len(a) == len(b) and all(
+            x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b, strict=True)
+        )
+
+    mains = [projections(layer) for layer in main.layers]
+    return [
+        next((j for j, theirs in enumerate(mains) if same(projections(layer), theirs)), None)
+        for layer in assistant.layers
+    ]
+
+
 def _fuse(*linears: nn.Linear) -> FastLinear:
     weight = torch.cat([lin.weight for lin in linears])
     biases = [lin.bias if lin.bias is not None else torch.zeros_like(lin.weight[:, 0]) for lin in linears]
@@ -106,9 +136,17 @@ def _fuse(*linears: nn.Linear) -> FastLinear:
 class WhisperDecoderRunner:
     """Runs one Whisper decoder (main model or assistant) over a `DecoderCache`."""
 
-    def __init__(self, hf_decoder: nn.Module, output_weight: Tensor, shortlist: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        hf_decoder: nn.Module,
+        output_weight: Tensor,
+        shortlist: Tensor | None = None,
+        cross_from: list[int | None] | None = None,
+    ) -> None:
         """`shortlist`: token ids the output projection is restricted to (an assistant's cheap head);
-        the other tokens get -inf logits, so a draft simply stops being right where it needs one."""
+        the other tokens get -inf logits, so a draft simply stops being right where it needs one.
+        `cross_from[i]`: the main decoder layer whose cross-attention cache layer `i` reads
+        (`shared_cross_attention`); `new_cache` then takes that cache instead of computing one."""
         first = hf_decoder.layers[0]
         self.num_heads = first.self_attn.num_heads if hasattr(first.self_attn, "num_heads") else None
         self.d_model = hf_decoder.embed_tokens.weight.shape[1]
@@ -123,20 +161,24 @@ class WhisperDecoderRunner:
         self.vocab_size = output_weight.shape[0]
         self.shortlist = shortlist
         self.output = FastLinear(output_weight if shortlist is None else output_weight[shortlist], None)
+        self.cross_from = cross_from or [None] * len(hf_decoder.layers)
+        self.encoder_dim = hf_decoder.layers[0].encoder_attn.k_proj.in_features
         self.layers = [
             _Layer(
                 self_qkv=_fuse(lay.self_attn.q_proj, lay.self_attn.k_proj, lay.self_attn.v_proj),
                 self_out=FastLinear(lay.self_attn.out_proj.weight, lay.self_attn.out_proj.bias),
                 self_norm=lay.self_attn_layer_norm,
                 cross_q=FastLinear(lay.encoder_attn.q_proj.weight, lay.encoder_attn.q_proj.bias),
-                cross_kv=_fuse(lay.encoder_attn.k_proj, lay.encoder_attn.v_proj),
+                cross_kv=None
+                if source is not None
+                else _fuse(lay.encoder_attn.k_proj, lay.encoder_attn.v_proj),
                 cross_out=FastLinear(lay.encoder_attn.out_proj.weight, lay.encoder_attn.out_proj.bias),
                 cross_norm=lay.encoder_attn_layer_norm,
                 fc1=FastLinear(lay.fc1.weight, lay.fc1.bias),
                 fc2=FastLinear(lay.fc2.weight, lay.fc2.bias),
                 final_norm=lay.final_layer_norm,
             )
-            for lay in hf_decoder.layers
+            for lay, source in zip(hf_decoder.layers, self.cross_from, strict=True)
         ]
 
     @property
@@ -146,22 +188,26 @@ class WhisperDecoderRunner:
     def _heads(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
-    def new_cache(self, encoder_states: Tensor) -> DecoderCache:
-        """Allocate the self-attention cache and compute cross-attention keys/values once."""
-        batch, frames, _ = encoder_states.shape
+    def new_cache(self, encoder_states: Tensor, main_cache: DecoderCache | None = None) -> DecoderCache:
+        """Allocate the self-attention cache and compute cross-attention keys/values once; layers
+        with a `cross_from` source take the main decoder's from `main_cache` instead."""
+        batch = encoder_states.shape[0]
         n = len(self.layers)
         shape = (n, batch, self.num_heads, self.max_positions, self.head_dim)
         self_k = torch.zeros(shape, dtype=self.dtype, device=encoder_states.device)
-        cross = torch.empty(
-            (2, n, batch, self.num_heads, frames, self.head_dim),
-            dtype=self.dtype,
-            device=encoder_states.device,
-        )
         states = encoder_states.to(self.dtype)
-        for i, layer in enumerate(self.layers):
+        cross_k, cross_v = [], []
+        for layer, source in zip(self.layers, self.cross_from, strict=True):
+            if source is not None:
+                if main_cache is None:
+                    raise ValueError("this decoder reads the main decoder's cross-attention cache: pass it")
+                cross_k.append(main_cache.cross_k[source])
+                cross_v.append(main_cache.cross_v[source])
+                continue
             k, v = layer.cross_kv(states).chunk(2, dim=-1)
-            cross[0, i], cross[1, i] = self._heads(k), self._heads(v)
-        return DecoderCache(self_k, torch.zeros_like(self_k), cross[0], cross[1])
+            cross_k.append(self._heads(k).contiguous())
+            cross_v.append(self._heads(v).contiguous())
+        return DecoderCache(self_k, torch.zeros_like(self_k), tuple(cross_k), tuple(cross_v))
 
     def forward(self, tokens: Tensor, start: Tensor, cache: DecoderCache) -> Tensor:
         """Logits `[B, T, vocab]` for `tokens [B, T]` placed at positions `start[b] + t`."""

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .cost_model import DecoderCosts
-from .decoder import WhisperDecoderRunner
+from .decoder import WhisperDecoderRunner, shared_cross_attention
 from .drafters import AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
 from .features import LogMelSpectrogram
 from .loading import AssistantEncoder, LoadedModels, load_models
@@ -55,10 +55,15 @@ class SpeculativeWhisper:
         if "decoder" in self.stages:
             self.main = WhisperDecoderRunner(models.main.model.decoder, models.main.proj_out.weight)
             if models.assistant is not None:
+                decoder = models.assistant.model.decoder
+                # An assistant reading the main encoder's states may share its cross-attention cache.
+                shared = (
+                    None
+                    if models.assistant_has_encoder
+                    else shared_cross_attention(models.main.model.decoder, decoder)
+                )
                 self.assistant = WhisperDecoderRunner(
-                    models.assistant.model.decoder,
-                    models.assistant.proj_out.weight,
-                    models.assistant_shortlist,
+                    decoder, models.assistant.proj_out.weight, models.assistant_shortlist, shared
                 )
         if self.stages != STAGES:
             _release_unused(models, self.stages)
@@ -160,7 +165,7 @@ class SpeculativeWhisper:
                 if draft_length is None
                 else DraftLengthPolicy(batch, draft_length, adaptive)
             )
-            drafter = AssistantDrafter(self.assistant, self.assistant.new_cache(own), policy)
+            drafter = AssistantDrafter(self.assistant, self.assistant.new_cache(own, cache), policy)
         tokens, stats = generate(
             self.main,
             cache,

@@ -25,6 +25,9 @@ class DistilConfig:
     # The assistant's own parameters (its layers and final norm; embeddings are the main model's)
     # may add at most this share to the main model's.
     max_added: float = 0.10
+    # Keep the copied layers' cross-attention key/value projections frozen at the main model's, so the
+    # engine reuses the main decoder's cross-attention cache instead of computing its own per request.
+    share_cross_attention: bool = True
     steps: int = 500
     batch_size: int = 8
     lr: float = 5e-4

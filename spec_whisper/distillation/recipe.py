@@ -236,6 +236,12 @@ def model_card(summary: dict) -> str:
         if any(g.startswith("espeak/") for g in d["train"])
         else "No synthetic speech (espeak-ng was not installed)."
     )
+    cross = (
+        "frozen at the copied main layers', so the engine reuses the main decoder's cross-attention "
+        "cache instead of computing its own"
+        if s.get("share_cross_attention")
+        else "trained, so the engine computes the assistant's own cross-attention cache per request"
+    )
     return f"""# Distilled assistant for `{summary["main"]}`
 
 Decoder-only `WhisperForCausalLM` drafter for exact speculative decoding. It reads the main model's
@@ -251,6 +257,7 @@ Made by `scripts/distil_assistant.py` (`spec_whisper.distillation`) on {summary[
   {summary["main_parameters"]:,}.
 - Loss: soft cross-entropy to the main model's top-{s["top_k"]} probabilities + {s["hard_weight"]} x
   cross-entropy on its greedy transcripts, over the {s["train_vocab"]} most frequent tokens.
+- Cross-attention keys/values: {cross}.
 - AdamW lr {s["lr"]}, batch {s["batch_size"]}, {t["step"]} steps{stopped}, seed {s["seed"]}, fp32.
 - Time: labelling {summary["labelling_s"]:.0f} s, training {t["train_s"]:.0f} s,
   {summary["total_s"]:.0f} s in all.

@@ -89,12 +89,19 @@ def _batch_rows(n: int, batch: int, seed: int, step: int) -> list[int]:
     return order[slot * batch : (slot + 1) * batch].tolist() or order[:batch].tolist()
 
 
-def _trainable(assistant: WhisperForCausalLM) -> list[torch.nn.Parameter]:
+def _trainable(assistant: WhisperForCausalLM, share_cross_attention: bool) -> list[torch.nn.Parameter]:
     decoder = assistant.model.decoder
     # The embeddings are the main model's and stay so (the output head is tied to them).
-    decoder.embed_tokens.weight.requires_grad_(False)
-    decoder.embed_positions.weight.requires_grad_(False)
-    return [*decoder.layers.parameters(), *decoder.layer_norm.parameters()]
+    frozen = [decoder.embed_tokens.weight, decoder.embed_positions.weight]
+    if share_cross_attention:
+        frozen += [
+            p
+            for layer in decoder.layers
+            for p in (*layer.encoder_attn.k_proj.parameters(), *layer.encoder_attn.v_proj.parameters())
+        ]
+    for p in frozen:
+        p.requires_grad_(False)
+    return [p for p in [*decoder.layers.parameters(), *decoder.layer_norm.parameters()] if p.requires_grad]
 
 
 def train(
@@ -114,7 +121,7 @@ def train(
     state) and return the record: steps, seconds, losses and the evaluation curve. `stop_after`
     ends the run early at that step, as an interruption would (for tests)."""
     torch.manual_seed(config.seed)
-    params = _trainable(assistant)
+    params = _trainable(assistant, config.share_cross_attention)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     def lr_at(step: int) -> float:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import WhisperForConditionalGeneration
 
-from spec_whisper.decoder import compaction_order
+from spec_whisper.decoder import WhisperDecoderRunner, compaction_order, shared_cross_attention
 from spec_whisper.drafters import DraftLengthPolicy
 from spec_whisper.engine import SpeculativeWhisper
 from spec_whisper.loading import make_tiny_models
@@ -182,3 +182,67 @@ def test_stage_engines_split_the_work_and_the_weights(tiny, noise, assistant: st
         decoder.encode(decoder.log_mel(noise[:2]))
     with pytest.raises(ValueError, match="unknown stages"):
         SpeculativeWhisper.load(tiny["main"], stages={"vocoder"})
+
+
+@pytest.fixture(scope="module")
+def copied_assistant(tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A decoder-only assistant made as the distillation makes one: copies of the main decoder's
+    first and last layers (their cross-attention projections unchanged), with a perturbed layer 0."""
+    from spec_whisper.distillation.student import init_assistant
+
+    main = WhisperForConditionalGeneration.from_pretrained(tiny["main"])
+    assistant = init_assistant(main, layers=(0, -1))
+    with torch.no_grad():  # what training does to every weight but the frozen cross-attention keys/values
+        layer = assistant.model.decoder.layers[0]
+        for p in (*layer.self_attn.parameters(), *layer.fc1.parameters()):
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("copied") / "assistant"
+    assistant.save_pretrained(path)
+    return path
+
+
+def test_copied_cross_attention_is_found_and_changed_projections_are_not(tiny, copied_assistant) -> None:
+    from transformers import WhisperForCausalLM
+
+    main = WhisperForConditionalGeneration.from_pretrained(tiny["main"]).model.decoder
+    assistant = WhisperForCausalLM.from_pretrained(copied_assistant).model.decoder
+    assert shared_cross_attention(main, assistant) == [0, 2]
+    with torch.no_grad():
+        assistant.layers[1].encoder_attn.v_proj.bias.add_(1e-3)
+    assert shared_cross_attention(main, assistant) == [0, None]
+    random = WhisperForCausalLM.from_pretrained(tiny["decoder_only"]).model.decoder
+    assert shared_cross_attention(main, random) == [None]
+
+
+def test_shared_cross_attention_cache_is_the_main_one_and_drafts_are_unchanged(
+    tiny, noise, copied_assistant
+) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], copied_assistant)
+    assistant = engine.assistant
+    assert assistant.cross_from == [0, 2] and all(layer.cross_kv is None for layer in assistant.layers)
+    states = engine.encode(engine.log_mel(noise[:3])).main
+    with torch.inference_mode():
+        main_cache = engine.main.new_cache(states)
+        shared = assistant.new_cache(states, main_cache)
+        assert shared.cross_k[1] is main_cache.cross_k[2] and shared.cross_v[0] is main_cache.cross_v[0]
+        # The same assistant computing its own cross-attention cache drafts the same logits.
+        hf = engine.models.assistant
+        own = WhisperDecoderRunner(hf.model.decoder, hf.proj_out.weight)
+        tokens, start = torch.randint(0, 1000, (3, 4)), torch.tensor([0, 2, 5])
+        expected = own.forward(tokens, start, own.new_cache(states))
+        torch.testing.assert_close(assistant.forward(tokens, start, shared), expected)
+        # Retiring rows compacts the shared tensors once through each cache; the second move is a no-op.
+        order = compaction_order(torch.tensor([True, False, False]))
+        main_cache, shared = main_cache.select(order), shared.select(order)
+        assert torch.equal(shared.cross_k[1], main_cache.cross_k[2])
+        torch.testing.assert_close(assistant.forward(tokens[order], start[order], shared), expected[order])
+    with pytest.raises(ValueError, match="cross-attention cache"):
+        assistant.new_cache(states)
+
+
+def test_speculative_with_a_shared_cross_attention_cache_equals_greedy(tiny, noise, copied_assistant) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], copied_assistant)
+    max_new = [5, 30, 17, 1, 44, 9]  # rows leave the batch at different passes
+    greedy = _decode(engine, noise, speculative=False, max_new=list(max_new))
+    for draft_length in (None, 3):
+        assert _decode(engine, noise, draft_length=draft_length, max_new=list(max_new)) == greedy
