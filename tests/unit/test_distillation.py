@@ -110,7 +110,9 @@ def test_shortlist_always_holds_end_of_text_and_prompt() -> None:
     required = [END, 50258, 50259, 50359, 50363]
     order = build_shortlist(labels, 8, required, excluded=[3], vocab=51865)
     assert order[:5] == required
-    assert order[5:8] == [9, 5, 7]  # by frequency; the suppressed 3 never
+    # The transcripts' most frequent token, then the lowest BPE id, and so on; the suppressed 3 never.
+    assert order[5:8] == [9, 0, 5]
+    assert build_shortlist(labels, 11, required, excluded=[3], vocab=51865)[5:] == [9, 0, 5, 1, 7, 2]
     assert build_shortlist(labels, 1, [END], [], 51865) == [END]
     assert len(build_shortlist(labels, 40, [END], [], 51865)) == 40  # filled with low (frequent) BPE ids
 
