@@ -48,7 +48,7 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path[:0] = [str(SCRIPTS), str(REPO / "loadtest")]
 
-from clips import DEFAULT_SPEECH_DIR, load_clips  # noqa: E402
+from clips import CORPORA, DEFAULT_SPEECH_DIR, load_clips  # noqa: E402
 from prepare_models import write_repository  # noqa: E402
 from serve import TritonServer  # noqa: E402
 from spec_whisper_client import WhisperClient  # noqa: E402
@@ -437,7 +437,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--stop-timeout", type=int, default=300, help="seconds in-flight requests get to finish"
     )
-    parser.add_argument("--corpus", choices=["librispeech", "fleurs", "all"], default="librispeech")
+    parser.add_argument("--corpus", choices=sorted(CORPORA), default="librispeech-heldout")
     parser.add_argument("--speech-dir", type=Path, default=DEFAULT_SPEECH_DIR)
     parser.add_argument("--main", type=Path, default=REPO / "models" / "whisper-base")
     parser.add_argument("--assistant", type=Path, default=REPO / "models" / "whisper-base-assistant")
