@@ -9,7 +9,7 @@ import numpy as np
 
 from spec_whisper.audio import SAMPLE_RATE
 
-__all__ = ["Window", "merge_windows", "split_windows"]
+__all__ = ["Window", "merge_segments", "merge_windows", "split_windows"]
 
 # Fewer agreeing tokens in a row than this is too weak to call an overlap: a shared " the" or ", and" proves
 # nothing (on the 203 s long-form clip a 2-token ", and" match joined two windows 30 words apart).
@@ -32,6 +32,11 @@ class Window:
 
     def __len__(self) -> int:
         return self.end - self.start
+
+    @property
+    def own(self) -> tuple[int, int]:
+        """The samples only this window covers: [start + stride_left, end - stride_right)."""
+        return self.start + self.stride_left, self.end - self.stride_right
 
 
 def split_windows(
@@ -68,7 +73,17 @@ def split_windows(
 
 
 def merge_windows(token_lists: Sequence[Sequence[int]], windows: Sequence[Window]) -> list[int]:
-    """Join the text tokens decoded from each window into one sequence, dropping what the overlaps repeat.
+    """The merged tokens of `merge_segments`, as one sequence."""
+    return [t for _, tokens in merge_segments(token_lists, windows) for t in tokens]
+
+
+def merge_segments(
+    token_lists: Sequence[Sequence[int]], windows: Sequence[Window]
+) -> list[tuple[int, list[int]]]:
+    """(window index, tokens) runs that make up the merged sequence, in order: which window each stretch
+    of the transcript came from, for cues timed by their window until timestamp tokens exist.
+
+    Join the text tokens decoded from each window into one sequence, dropping what the overlaps repeat.
 
     Pass text tokens only: timestamp tokens are relative to each window and would never agree across a seam.
 
@@ -88,22 +103,30 @@ def merge_windows(token_lists: Sequence[Sequence[int]], windows: Sequence[Window
     if len(token_lists) != len(windows):
         raise ValueError(f"got {len(token_lists)} token lists for {len(windows)} windows")
     merged: list[int] = []
+    owners: list[int] = []  # the window each merged token came from
     previous: Window | None = None
     previous_count = 0  # tokens the last non-empty window decoded
-    for tokens, window in zip(token_lists, windows, strict=True):
+    for index, (tokens, window) in enumerate(zip(token_lists, windows, strict=True)):
         tokens = list(tokens)
         if not tokens:
             continue
-        if previous is None or previous.end <= window.start:
-            merged += tokens
-        else:
+        kept, skip = len(merged), 0
+        if previous is not None and previous.end > window.start:
             # The overlap lies inside the previous window's audio, so it spans at most as many tokens as that
             # window decoded; looking further back could only find a repeated phrase from older audio.
             searched = min(previous_count, len(merged))
             keep, skip = _seam(merged[len(merged) - searched :], tokens)
-            merged = merged[: len(merged) - searched + keep] + tokens[skip:]
+            kept = len(merged) - searched + keep
+        merged = merged[:kept] + tokens[skip:]
+        owners = owners[:kept] + [index] * (len(tokens) - skip)
         previous, previous_count = window, len(tokens)
-    return merged
+    segments: list[tuple[int, list[int]]] = []
+    for token, owner in zip(merged, owners, strict=True):
+        if segments and segments[-1][0] == owner:
+            segments[-1][1].append(token)
+        else:
+            segments.append((owner, [token]))
+    return segments
 
 
 def _seam(left: list[int], right: list[int]) -> tuple[int, int]:

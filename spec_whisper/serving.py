@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from spec_whisper.audio import SAMPLE_RATE, decode_audio, prepare_pcm
-from spec_whisper.chunking import Window, merge_windows, split_windows
+from spec_whisper.chunking import Window, merge_segments, split_windows
 from spec_whisper.engine import EncoderStates, SpeculativeWhisper
 from spec_whisper.types import DecodingOptions, DecodingStats, Transcription
 
@@ -211,11 +211,16 @@ def decode_requests(
 
 
 def result_arrays(engine: SpeculativeWhisper, rows: RequestRows, results: Sequence[Transcription]) -> dict:
-    """The decoder's outputs for one request (batch dimension 1): windows merged into one transcript."""
-    tokens = merge_windows([r.tokens for r in results], rows.windows)
+    """The decoder's outputs for one request (batch dimension 1): windows merged into one transcript,
+    and the stretches of it each window contributed, timed by the audio only that window covers."""
+    segments = merge_segments([r.tokens for r in results], rows.windows)
+    tokens = [t for _, run in segments for t in run]
+    times = [[s / SAMPLE_RATE for s in rows.windows[w].own] for w, _ in segments]
     return {
         "TEXT": np.array([[engine.text(tokens).encode()]], dtype=np.object_),
         "TOKENS": np.array([tokens], dtype=np.int32).reshape(1, -1),
+        "SEGMENT_TEXT": np.array([[engine.text(run).encode() for _, run in segments]], dtype=np.object_),
+        "SEGMENT_TIMES": np.array(times, dtype=np.float32).reshape(1, -1, 2),
         "LANGUAGE_USED": np.array([[language_of(results).encode()]], dtype=np.object_),
         "STATS": stats_row([r.stats for r in results])[None],
     }

@@ -10,7 +10,7 @@ with WhisperClient("localhost:8001") as client:
 from .aio import AsyncWhisperClient
 from .client import WhisperClient
 from .errors import ClientError, DeadlineExceeded, InvalidRequest, ServerUnavailable, UnknownLanguage
-from .results import HealthStatus, TranscriptionResult
+from .results import HealthStatus, Segment, TranscriptionResult
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "DeadlineExceeded",
     "HealthStatus",
     "InvalidRequest",
+    "Segment",
     "ServerUnavailable",
     "TranscriptionResult",
     "UnknownLanguage",

@@ -12,12 +12,12 @@ import tritonclient.grpc as grpcclient
 
 from .audio import SAMPLE_RATE, PreparedAudio
 from .errors import ClientError, InvalidRequest
-from .results import TranscriptionResult
+from .results import Segment, TranscriptionResult
 
 __all__ = ["TASKS", "RequestOptions", "build_inputs", "parse_result"]
 
 TASKS = ("transcribe", "translate")
-OUTPUTS = ("TEXT", "TOKENS", "LANGUAGE_USED", "STATS", "WINDOWS")
+OUTPUTS = ("TEXT", "TOKENS", "LANGUAGE_USED", "STATS", "WINDOWS", "SEGMENT_TEXT", "SEGMENT_TIMES")
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,13 @@ def parse_result(result: grpcclient.InferResult, latency_s: float) -> Transcript
     if stats.size != 3:
         raise ClientError(f"STATS should hold 3 values, got {stats.size}")
     windows = arrays["WINDOWS"].reshape(-1, 2)
+    texts, times = arrays["SEGMENT_TEXT"].reshape(-1), arrays["SEGMENT_TIMES"].reshape(-1, 2)
+    if len(texts) != len(times):
+        raise ClientError(f"{len(texts)} SEGMENT_TEXT entries for {len(times)} SEGMENT_TIMES rows")
+    segments = tuple(
+        Segment(float(start), float(end), _string(text))
+        for text, (start, end) in zip(texts, times, strict=True)
+    )
     return TranscriptionResult(
         text=_first_string(arrays["TEXT"]),
         tokens=tuple(int(t) for t in arrays["TOKENS"].reshape(-1)),
@@ -97,6 +104,7 @@ def parse_result(result: grpcclient.InferResult, latency_s: float) -> Transcript
         accepted=int(stats[1]),
         decoder_passes=int(stats[2]),
         windows=tuple((float(start), float(end)) for start, end in windows),
+        segments=segments,
     )
 
 
@@ -108,9 +116,10 @@ def _tensor(name: str, data: np.ndarray, datatype: str) -> grpcclient.InferInput
 
 def _first_string(array: np.ndarray) -> str:
     flat = array.reshape(-1)
-    if flat.size == 0:
-        return ""
-    value = flat[0]
+    return _string(flat[0]) if flat.size else ""
+
+
+def _string(value: object) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 

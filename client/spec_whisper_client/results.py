@@ -5,7 +5,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["HealthStatus", "TranscriptionResult"]
+__all__ = ["HealthStatus", "Segment", "TranscriptionResult"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the transcript and the seconds of audio it came from: the part of a 30 s window
+    that no neighbouring window covers (SEGMENT_TEXT, SEGMENT_TIMES). Window-level timing, not word
+    timing: a cue, not a timestamp."""
+
+    start: float
+    end: float
+    text: str
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,8 @@ class TranscriptionResult:
     # (start, end) in seconds of each 30 s window the server decoded (WINDOWS); long audio is cut
     # into windows that overlap their neighbours, so one window may start before the last ends.
     windows: tuple[tuple[float, float], ...]
+    # The transcript cut where the windows it was merged from meet, with their times (subtitle cues).
+    segments: tuple[Segment, ...] = ()
 
     @property
     def acceptance_rate(self) -> float:
@@ -38,6 +51,7 @@ class TranscriptionResult:
         data = asdict(self)
         data["tokens"] = list(self.tokens)
         data["windows"] = [list(window) for window in self.windows]
+        data["segments"] = [asdict(segment) for segment in self.segments]
         data["acceptance_rate"] = self.acceptance_rate
         return data
 

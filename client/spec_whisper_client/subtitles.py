@@ -1,9 +1,8 @@
-"""SRT and WebVTT from a result's window timings.
+"""SRT and WebVTT from a result's segments.
 
-The server returns the transcript as one text and the (start, end) of each 30 s window, but not
-which words fell in which window, so a file becomes ONE cue spanning its windows. Splitting the
-text across windows by guesswork would put words on screen at the wrong time. Per-segment cues
-need timestamp tokens from the server (not in the contract yet).
+The server cuts the merged transcript where its 30 s windows meet and times each piece by the audio
+only its window covers (SEGMENT_TEXT, SEGMENT_TIMES): one cue per window, at most about 20 s long,
+which is window-level timing. Per-phrase cues need timestamp tokens (not in the contract yet).
 """
 
 from __future__ import annotations
@@ -19,15 +18,13 @@ LINE_WIDTH = 42
 
 
 def cues(result: TranscriptionResult) -> list[tuple[float, float, str]]:
-    """(start, end, text) cues; none for an empty transcript."""
-    text = result.text.strip()
-    if not text:
-        return []
-    if result.windows:
-        start, end = result.windows[0][0], result.windows[-1][1]
-    else:
-        start = end = 0.0
-    return [(start, end, "\n".join(textwrap.wrap(text, LINE_WIDTH)) or text)]
+    """(start, end, text) cues, one per non-empty segment; a result without segments (a server that
+    predates them) gets one cue spanning its windows."""
+    segments = [(s.start, s.end, s.text.strip()) for s in result.segments]
+    if not segments and result.text.strip():
+        windows = result.windows or ((0.0, 0.0),)
+        segments = [(windows[0][0], windows[-1][1], result.text.strip())]
+    return [(start, end, "\n".join(textwrap.wrap(text, LINE_WIDTH))) for start, end, text in segments if text]
 
 
 def to_srt(result: TranscriptionResult) -> str:

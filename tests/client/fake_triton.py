@@ -30,16 +30,25 @@ class Outputs:
     language: str = "en"
     stats: Sequence[int] = (10, 8, 4)  # drafted, accepted, main decoder passes
     windows: Sequence[tuple[float, float]] = ((0.0, 5.5),)
+    # (start, end, text); None: the whole text as one segment over the windows.
+    segments: Sequence[tuple[float, float, str]] | None = None
 
     def response(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
         response = service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id)
         windows = np.array(self.windows, dtype=np.float32).reshape(1, -1, 2)
+        segments = self.segments
+        if segments is None:
+            segments = [(self.windows[0][0], self.windows[-1][1], self.text)] if self.windows else []
+        texts = np.array([[text.encode() for _, _, text in segments]], dtype=np.object_).reshape(1, -1)
+        times = np.array([[start, end] for start, end, _ in segments], dtype=np.float32).reshape(1, -1, 2)
         for name, array, datatype in (
             ("TEXT", np.array([[self.text.encode()]], dtype=np.object_), "BYTES"),
             ("TOKENS", np.array([list(self.tokens)], dtype=np.int32), "INT32"),
             ("LANGUAGE_USED", np.array([[self.language.encode()]], dtype=np.object_), "BYTES"),
             ("STATS", np.array([list(self.stats)], dtype=np.int64), "INT64"),
             ("WINDOWS", windows, "FP32"),
+            ("SEGMENT_TEXT", texts, "BYTES"),
+            ("SEGMENT_TIMES", times, "FP32"),
         ):
             tensor = response.outputs.add(name=name, datatype=datatype)
             tensor.shape.extend(array.shape)

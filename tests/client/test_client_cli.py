@@ -14,7 +14,11 @@ from fake_triton import FakeServer, Outputs, fail, ok, slow
 from spec_whisper_client import ClientError, DeadlineExceeded, InvalidRequest, ServerUnavailable
 from spec_whisper_client.cli import _exit_code, main
 
-TWO_WINDOWS = Outputs(text=" Hello there, general.", windows=((0.0, 30.0), (30.0, 41.5)))
+TWO_WINDOWS = Outputs(
+    text=" Hello there, general.",
+    windows=((0.0, 30.0), (20.0, 41.5)),
+    segments=((0.0, 25.0, " Hello there,"), (25.0, 41.5, " general.")),
+)
 
 
 @pytest.fixture
@@ -66,7 +70,8 @@ def test_json_lines(fake: FakeServer, wavs: list[str], cli: Cli) -> None:
     records = [json.loads(line) for line in out.splitlines()]
     assert [record["file"] for record in records] == wavs
     assert records[0]["text"] == " Hello there, general."
-    assert records[0]["windows"] == [[0.0, 30.0], [30.0, 41.5]]
+    assert records[0]["windows"] == [[0.0, 30.0], [20.0, 41.5]]
+    assert records[0]["segments"][1] == {"start": 25.0, "end": 41.5, "text": " general."}
     assert records[0]["acceptance_rate"] == pytest.approx(0.8)
     assert {"tokens", "language", "latency_s", "drafted", "accepted", "decoder_passes"} <= set(records[0])
 
@@ -74,8 +79,15 @@ def test_json_lines(fake: FakeServer, wavs: list[str], cli: Cli) -> None:
 @pytest.mark.parametrize(
     ("fmt", "expected"),
     [
-        ("srt", "1\n00:00:00,000 --> 00:00:41,500\nHello there, general.\n"),
-        ("vtt", "WEBVTT\n\n00:00:00.000 --> 00:00:41.500\nHello there, general.\n"),
+        (
+            "srt",
+            "1\n00:00:00,000 --> 00:00:25,000\nHello there,\n\n2\n00:00:25,000 --> 00:00:41,500\ngeneral.\n",
+        ),
+        (
+            "vtt",
+            "WEBVTT\n\n00:00:00.000 --> 00:00:25.000\nHello there,\n\n"
+            "00:00:25.000 --> 00:00:41.500\ngeneral.\n",
+        ),
         ("text", "Hello there, general.\n"),
     ],
 )

@@ -86,11 +86,14 @@ def test_parse_result() -> None:
     assert result.tokens == (1, 2, 3)
     assert (result.drafted, result.accepted, result.decoder_passes) == (10, 8, 4)
     assert result.windows == ((0.0, 30.0), (30.0, 47.25))
+    assert [(s.start, s.end, s.text) for s in result.segments] == [(0.0, 47.25, "hello world")]
     assert result.latency_s == 0.25
     assert result.to_dict()["acceptance_rate"] == pytest.approx(0.8)
 
 
-@pytest.mark.parametrize("name", ["TEXT", "TOKENS", "LANGUAGE_USED", "STATS", "WINDOWS"])
+@pytest.mark.parametrize(
+    "name", ["TEXT", "TOKENS", "LANGUAGE_USED", "STATS", "WINDOWS", "SEGMENT_TEXT", "SEGMENT_TIMES"]
+)
 def test_a_missing_output_is_a_contract_error(name: str) -> None:
     with pytest.raises(ClientError, match=name):
         parse_result(response(drop=name), latency_s=0.0)

@@ -75,6 +75,12 @@ def check_result(result: TranscriptionResult, duration_s: float) -> None:
     assert starts == sorted(starts)
     assert all(end > start for start, end in result.windows)
     assert result.windows[-1][1] >= duration_s - 0.5
+    # Segments (subtitle cues) lie inside the audio, in order, and hold the transcript's words.
+    assert result.segments and all(0 <= s.start < s.end <= duration_s + 0.5 for s in result.segments)
+    assert [s.start for s in result.segments] == sorted(s.start for s in result.segments)
+    # (A word cut at a seam would read as two, hence not exact equality.)
+    joined = words(" ".join(s.text for s in result.segments))
+    assert difflib.SequenceMatcher(None, joined, words(result.text)).ratio() > 0.95
 
 
 def relative(path: Path, speech_dir: Path) -> str:

@@ -49,6 +49,18 @@ def test_windows_tile_the_file(whole: Result, longform: dict[str, Any]) -> None:
     assert whole.language == "en" and whole.text
 
 
+def test_segments_are_the_text_cut_at_window_seams(whole: Result, longform: dict[str, Any]) -> None:
+    # One segment per window here (every window decoded speech), timed by the audio it alone covers:
+    # the 30 s windows' middles, which tile the file.
+    assert len(whole.segment_text) == len(whole.windows) == len(whole.segment_times)
+    times = whole.segment_times
+    assert times[0, 0] == 0 and abs(times[-1, 1] - whole.windows[-1, 1]) < 0.01
+    assert np.allclose(times[1:, 0], times[:-1, 1]), "segments tile the file"
+    assert np.all(times[:, 1] - times[:, 0] <= 25.01)
+    # Decoding the pieces separately gives the same characters as decoding the whole.
+    assert "".join(whole.segment_text).replace(" ", "") == whole.text.replace(" ", "")
+
+
 def test_wer_close_to_the_utterances_one_by_one(
     whole: Result, parts: list[Result], longform: dict[str, Any]
 ) -> None:

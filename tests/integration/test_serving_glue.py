@@ -99,6 +99,23 @@ def test_stats_are_summed_over_windows() -> None:
     assert row.dtype == np.int64 and row.tolist() == [10, 5, 6]
 
 
+def test_result_arrays_cut_the_text_into_segments_timed_by_their_windows() -> None:
+    class Text:
+        def text(self, tokens: list[int]) -> str:
+            return " ".join(map(str, tokens))
+
+    windows = serving.windows_for(np.zeros(16000 * 70, np.float32))  # 0-30, 20-50, 40-70 s
+    words = list(range(100, 160))
+    results = [Transcription("", t, "en", DecodingStats()) for t in (words[:24], words[16:44], words[36:])]
+    rows = serving.RequestRows(torch.zeros(3, 1500, 8), None, windows, DecodingOptions())
+    out = serving.result_arrays(Text(), rows, results)  # type: ignore[arg-type]
+    assert out["TOKENS"].tolist() == [words]
+    texts = [t.decode() for t in out["SEGMENT_TEXT"].reshape(-1)]
+    assert " ".join(texts) == out["TEXT"].reshape(-1)[0].decode()
+    assert out["SEGMENT_TIMES"].shape == (1, 3, 2)
+    assert out["SEGMENT_TIMES"][0].tolist() == [[0.0, 25.0], [25.0, 45.0], [45.0, 70.0]]
+
+
 def test_request_rows_checks_shapes() -> None:
     layout = np.array([[[0, 16000, 0, 0]]], dtype=np.int64)
     rows = serving.request_rows(

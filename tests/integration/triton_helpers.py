@@ -22,6 +22,8 @@ class Result:
     language: str
     stats: list[int]  # drafted, accepted, main decoder passes
     windows: np.ndarray  # [W, 2] seconds
+    segment_text: list[str]  # the transcript cut where its windows meet
+    segment_times: np.ndarray  # [S, 2] seconds each segment's window covers alone
 
 
 def inputs(
@@ -72,6 +74,8 @@ def parse(response: Any) -> Result:
         language=response.as_numpy("LANGUAGE_USED").reshape(-1)[0].decode(),
         stats=response.as_numpy("STATS").reshape(-1).tolist(),
         windows=response.as_numpy("WINDOWS").reshape(-1, 2),
+        segment_text=[t.decode() for t in response.as_numpy("SEGMENT_TEXT").reshape(-1)],
+        segment_times=response.as_numpy("SEGMENT_TIMES").reshape(-1, 2),
     )
 
 

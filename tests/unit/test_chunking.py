@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from spec_whisper.audio import SAMPLE_RATE, decode_audio
-from spec_whisper.chunking import Window, merge_windows, split_windows
+from spec_whisper.chunking import Window, merge_segments, merge_windows, split_windows
 
 LONG_FORM = "longform/librispeech_test_other_2609-156975_3080-5032_concat.flac"
 SR = SAMPLE_RATE
@@ -128,3 +128,23 @@ def test_merge_aligns_within_the_previous_windows_span() -> None:
 def test_merge_needs_one_token_list_per_window() -> None:
     with pytest.raises(ValueError, match="2 token lists for 3 windows"):
         merge_windows([[1], [2]], W3)
+
+
+def test_segments_say_which_window_each_stretch_came_from() -> None:
+    words = list(range(100, 160))
+    segments = merge_segments([words[:24], words[16:44], words[36:]], W3)
+    assert [w for w, _ in segments] == [0, 1, 2]
+    assert [t for _, run in segments for t in run] == words
+    # The seams sit in the middle of each 8-token overlap.
+    assert [len(run) for _, run in segments] == [20, 20, 20]
+
+
+def test_segments_skip_empty_windows_and_follow_a_seam_into_an_older_window() -> None:
+    assert merge_segments([[], [1, 2, 3], []], W3) == [(1, [1, 2, 3])]
+    # The last window's overlap search reaches past the middle window's short output into the first
+    # window's tokens: the first window keeps what precedes the seam, the last window the rest.
+    segments = merge_segments([[1, 2, 3, 4, 5, 6], [4, 5, 6, 7], [2, 3, 4, 5, 6, 7, 8]], W3)
+    assert [t for _, run in segments for t in run] == merge_windows(
+        [[1, 2, 3, 4, 5, 6], [4, 5, 6, 7], [2, 3, 4, 5, 6, 7, 8]], W3
+    )
+    assert [w for w, _ in segments] == sorted({w for w, _ in segments})
