@@ -25,7 +25,15 @@ INPUTS = {
     "DRAFT_LENGTH": "INT32",
     "MAX_NEW_TOKENS": "INT32",
 }
-OUTPUTS = {"TEXT": "BYTES", "TOKENS": "INT32", "LANGUAGE_USED": "BYTES", "STATS": "INT64", "WINDOWS": "FP32"}
+OUTPUTS = {
+    "TEXT": "BYTES",
+    "TOKENS": "INT32",
+    "LANGUAGE_USED": "BYTES",
+    "STATS": "INT64",
+    "WINDOWS": "FP32",
+    "SEGMENT_TEXT": "BYTES",
+    "SEGMENT_TIMES": "FP32",
+}
 
 
 def test_live_ready_and_every_model_ready(triton_url: str) -> None:
