@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DecoderCache", "FastLinear", "WhisperDecoderRunner", "compaction_order", "shared_cross_attention"]
+__all__ = [
+    "DecoderCache",
+    "FastLinear",
+    "WhisperDecoderRunner",
+    "compaction_order",
+    "cross_attention_kv_parameters",
+    "shared_cross_attention",
+]
 
 
 class FastLinear:
@@ -106,14 +113,20 @@ def compaction_order(finished: Tensor) -> Tensor:
     return order
 
 
+def cross_attention_kv_parameters(layer: nn.Module) -> list[nn.Parameter]:
+    """The parameters that turn encoder states into a Hugging Face decoder layer's cross-attention
+    keys and values: what the distillation freezes and `shared_cross_attention` compares."""
+    attn = layer.encoder_attn
+    return [*attn.k_proj.parameters(), *attn.v_proj.parameters()]
+
+
 def shared_cross_attention(main: nn.Module, assistant: nn.Module) -> list[int | None]:
     """For each assistant decoder layer, a main decoder layer with the same cross-attention key and
     value projections, or None. Both read the same encoder states, so such a layer's cross-attention
     keys and values are the main model's: computing them again per request would be pure waste."""
 
     def projections(layer: nn.Module) -> list[Tensor]:
-        attn = layer.encoder_attn
-        return [p.detach() for p in (*attn.k_proj.parameters(), *attn.v_proj.parameters())]
+        return [p.detach() for p in cross_attention_kv_parameters(layer)]
 
     def same(a: list[Tensor], b: list[Tensor]) -> bool:
         return len(a) == len(b) and all(

@@ -82,13 +82,12 @@ def build_shortlist(
     by_frequency = iter(t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     order = list(dict.fromkeys(required))
     taken = set(excluded) | set(order)
-    sources = [by_frequency, iter(range(vocab))]
+    sources = [by_frequency, iter(range(vocab))]  # taken in turn; an exhausted one drops out
     while len(order) < size and sources:
-        for source in list(sources):
-            token = next((t for t in source if t not in taken), None)
-            if token is None:
-                sources.remove(source)
-            elif len(order) < size:
-                taken.add(token)
-                order.append(token)
+        source = sources.pop(0)
+        token = next((t for t in source if t not in taken), None)
+        if token is not None:
+            taken.add(token)
+            order.append(token)
+            sources.append(source)
     return order[:size]

@@ -15,6 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import WhisperForCausalLM
 
+from ..decoder import cross_attention_kv_parameters
 from ..engine import SpeculativeWhisper
 from ..logit_filters import apply_filters
 from .config import DistilConfig
@@ -94,11 +95,7 @@ def _trainable(assistant: WhisperForCausalLM, share_cross_attention: bool) -> li
     # The embeddings are the main model's and stay so (the output head is tied to them).
     frozen = [decoder.embed_tokens.weight, decoder.embed_positions.weight]
     if share_cross_attention:
-        frozen += [
-            p
-            for layer in decoder.layers
-            for p in (*layer.encoder_attn.k_proj.parameters(), *layer.encoder_attn.v_proj.parameters())
-        ]
+        frozen += [p for layer in decoder.layers for p in cross_attention_kv_parameters(layer)]
     for p in frozen:
         p.requires_grad_(False)
     return [p for p in [*decoder.layers.parameters(), *decoder.layer_norm.parameters()] if p.requires_grad]
