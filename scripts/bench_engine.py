@@ -9,6 +9,7 @@ measured side by side. Run it on a quiet machine:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -27,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from spec_whisper.audio import decode_audio  # noqa: E402
 from spec_whisper.cost_model import BATCHES, TOKENS  # noqa: E402
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
+from spec_whisper.heads import FullHead, ScreenedHead  # noqa: E402
 from spec_whisper.types import DecodingOptions  # noqa: E402
 
 
@@ -65,33 +67,44 @@ def measure_bandwidth_gbs() -> float:
 
 @torch.inference_mode()  # outside it every cache write extends an autograd graph (steps took ~1 s)
 def step_costs(engine: SpeculativeWhisper, states, bandwidth: float) -> dict[str, float]:
-    """Milliseconds of one main-decoder forward over 1 and 5 new tokens, and one assistant step."""
+    """Milliseconds of one main-decoder greedy step over 1..8 new tokens (states and head, as decoding
+    runs it), one assistant step, and the bandwidth bounds they are judged by."""
     main = engine.main
     cache = main.new_cache(states.main[:1])
     start = torch.tensor([10])
 
-    def forward(runner, cache, n: int) -> Callable[[], torch.Tensor]:
+    def step(runner, cache, n: int) -> Callable[[], torch.Tensor]:
         tokens = torch.full((1, n), 440)
-        return lambda: runner.forward(tokens, start, cache)
+        return lambda: runner.greedy(tokens, start, cache, lambda logits: logits, n)
 
-    costs = {f"main_{n}_tokens_ms": 1000 * _timed(forward(main, cache, n)) for n in (1, 2, 4, 5, 8)}
-    weight_bytes = (
-        sum(
-            lin.weight.numel() * 4
-            for layer in main.layers
-            for lin in (layer.self_qkv, layer.self_out, layer.cross_q, layer.cross_out, layer.fc1, layer.fc2)
-        )
-        + main.output.out_features * main.output.in_features * 4
+    costs = {f"main_{n}_tokens_ms": 1000 * _timed(step(main, cache, n)) for n in (1, 2, 4, 5, 8)}
+    layer_bytes = sum(
+        lin.out_features * lin.in_features * 4
+        for layer in main.layers
+        for lin in (layer.self_qkv, layer.self_out, layer.cross_q, layer.cross_out, layer.fc1, layer.fc2)
     )
+    head_fp32_bytes = main.vocab_size * main.d_model * 4
+    # The screened head reads its int8 copy (plus a few fp32 rows); the plain head reads fp32.
+    head_read_bytes = head_fp32_bytes // 4 if isinstance(main.head, ScreenedHead) else head_fp32_bytes
     cross_bytes = sum(k[:1].numel() for k in cache.cross_k) * 4 * 2
-    costs["main_weight_MB"] = weight_bytes / 1e6
+    costs["main_fp32_weight_MB"] = (layer_bytes + head_fp32_bytes) / 1e6
+    costs["main_read_weight_MB"] = (layer_bytes + head_read_bytes) / 1e6
     costs["cross_kv_MB_per_row"] = cross_bytes / 1e6
-    costs["bound_ms"] = 1000 * (weight_bytes + cross_bytes) / (bandwidth * 1e9)
+    costs["bound_fp32_ms"] = 1000 * (layer_bytes + head_fp32_bytes + cross_bytes) / (bandwidth * 1e9)
+    costs["bound_read_ms"] = 1000 * (layer_bytes + head_read_bytes + cross_bytes) / (bandwidth * 1e9)
     if engine.assistant is not None:
         own = states.assistant if states.assistant is not None else states.main
         a_cache = engine.assistant.new_cache(own[:1], cache)
-        costs["draft_step_ms"] = 1000 * _timed(forward(engine.assistant, a_cache, 1))
+        costs["draft_step_ms"] = 1000 * _timed(step(engine.assistant, a_cache, 1))
     return costs
+
+
+def with_fp32_head(engine: SpeculativeWhisper) -> SpeculativeWhisper:
+    """The same engine with the main decoder's plain fp32 vocabulary projection (no int8 screen)."""
+    variant, main = copy.copy(engine), copy.copy(engine.main)
+    main.head = FullHead(main.output_weight)
+    variant.main = main
+    return variant
 
 
 def run_ours(engine: SpeculativeWhisper, pcm: list[np.ndarray], batch: int, name: str, **options) -> Run:
@@ -229,8 +242,10 @@ def main() -> None:
     if not args.no_ctranslate2:
         runs += [run_ctranslate2(extractor, pcm, "float32"), run_ctranslate2(extractor, pcm, "int8")]
     engine.costs()  # timed once per engine, before any run
+    fp32_head = with_fp32_head(engine)
     for batch in args.batch:
         runs += [
+            run_ours(fp32_head, pcm, batch, "greedy, fp32 head", speculative=False),
             run_ours(engine, pcm, batch, "greedy", speculative=False),
             run_ours(engine, pcm, batch, "speculative (cost model)"),
             run_ours(engine, pcm, batch, "speculative (k=5, +2/-1)", draft_length=5),
@@ -247,13 +262,20 @@ def main() -> None:
         + ", ".join(f"{k} {v:.2f}" for k, v in costs.items())
         + f"; read bandwidth {bandwidth:.1f} GB/s (sum over 1 GiB, best of 5).",
         "",
-        f"Bandwidth bound of a main step: weights plus one row's cross-attention keys/values over the read "
-        f"bandwidth = {costs['bound_ms']:.2f} ms; measured 1-token step {costs['main_1_tokens_ms']:.2f} ms "
-        f"({costs['main_1_tokens_ms'] / costs['bound_ms']:.2f}x the bound); 5 tokens cost "
+        f"Bandwidth bound of a main step: fp32 weights plus one row's cross-attention keys/values over "
+        f"the read bandwidth = {costs['bound_fp32_ms']:.2f} ms ({costs['bound_read_ms']:.2f} ms for the "
+        f"bytes the step actually reads, {costs['main_read_weight_MB']:.0f} MB of weights); measured "
+        f"1-token greedy step {costs['main_1_tokens_ms']:.2f} ms "
+        f"({costs['main_1_tokens_ms'] / costs['bound_fp32_ms']:.2f}x the fp32 bound); 5 tokens cost "
         f"{costs['main_5_tokens_ms'] / costs['main_1_tokens_ms']:.2f}x one token.",
     ]
     for batch in args.batch:
-        greedy, *speculative = (r for r in runs if r.batch == batch and r.name.startswith("ours"))
+        fp32, greedy, *speculative = (r for r in runs if r.batch == batch and r.name.startswith("ours"))
+        lines.append(
+            f"Batch {batch}, greedy: the screened head {fp32.decode_s / greedy.decode_s:.2f}x the fp32 "
+            f"head's decoder speed ({fp32.decode_s:.2f} s -> {greedy.decode_s:.2f} s), "
+            f"identical tokens: {fp32.tokens == greedy.tokens}."
+        )
         for spec in speculative:
             lines.append(
                 f"Batch {batch}, {spec.name}: decoder {greedy.decode_s / spec.decode_s:.2f}x our greedy's "

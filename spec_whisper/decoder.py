@@ -17,9 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .heads import FullHead, Mask, ShortlistHead, main_head
+from .linear import FastLinear, Int8Linear, int8_available
+
+Linear = FastLinear | Int8Linear
+
 __all__ = [
     "DecoderCache",
-    "FastLinear",
     "WhisperDecoderRunner",
     "compaction_order",
     "cross_attention_kv_parameters",
@@ -27,46 +31,17 @@ __all__ = [
 ]
 
 
-class FastLinear:
-    """`y = x @ W.T + b` with weights prepacked for oneDNN on CPU in fp32.
-
-    At batch 1 a decoder step is bound by memory bandwidth. PyTorch's default fp32 path costs
-    about 4x more for 5 input rows than for 1 on the 51,865 x 512 vocabulary projection, which
-    would make verifying a draft as dear as decoding it token by token; oneDNN's prepacked inner
-    product reads the weights once for all rows (measured here: 1 row 4.2 ms, 5 rows 5.4 ms).
-    """
-
-    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
-        self.out_features, self.in_features = weight.shape
-        self.bias = None if bias is None else bias.detach().contiguous()
-        self.packed = (
-            weight.device.type == "cpu"
-            and weight.dtype == torch.float32
-            and torch.backends.mkldnn.is_available()
-        )
-        weight = weight.detach().contiguous()
-        # The batch-size hint only picks oneDNN's blocking; 8 was as fast as any for 1..64 rows.
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, 8) if self.packed else weight
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if not self.packed:
-            return F.linear(x, self.weight, self.bias)
-        rows = x.reshape(-1, self.in_features)
-        y = torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")
-        return y.view(*x.shape[:-1], self.out_features)
-
-
 @dataclass
 class _Layer:
-    self_qkv: FastLinear
-    self_out: FastLinear
+    self_qkv: Linear
+    self_out: Linear
     self_norm: nn.LayerNorm
-    cross_q: FastLinear
-    cross_kv: FastLinear | None  # None: the layer reads another decoder's cross-attention cache
-    cross_out: FastLinear
+    cross_q: Linear
+    cross_kv: Linear | None  # None: the layer reads another decoder's cross-attention cache
+    cross_out: Linear
     cross_norm: nn.LayerNorm
-    fc1: FastLinear
-    fc2: FastLinear
+    fc1: Linear
+    fc2: Linear
     final_norm: nn.LayerNorm
 
 
@@ -140,10 +115,10 @@ def shared_cross_attention(main: nn.Module, assistant: nn.Module) -> list[int | 
     ]
 
 
-def _fuse(*linears: nn.Linear) -> FastLinear:
+def _fuse(kind: type[Linear], *linears: nn.Linear) -> Linear:
     weight = torch.cat([lin.weight for lin in linears])
     biases = [lin.bias if lin.bias is not None else torch.zeros_like(lin.weight[:, 0]) for lin in linears]
-    return FastLinear(weight, torch.cat(biases))
+    return kind(weight, torch.cat(biases))
 
 
 class WhisperDecoderRunner:
@@ -155,9 +130,11 @@ class WhisperDecoderRunner:
         output_weight: Tensor,
         shortlist: Tensor | None = None,
         cross_from: list[int | None] | None = None,
+        int8: bool = False,
     ) -> None:
-        """`shortlist`: token ids the output projection is restricted to (an assistant's cheap head);
-        the other tokens get -inf logits, so a draft simply stops being right where it needs one.
+        """`shortlist`: token ids the output projection is restricted to (an assistant's cheap
+        `ShortlistHead`); without one, the main model's exact head. `int8`: approximate int8 products
+        throughout, for an assistant, whose drafts need not be exact (x86 CPUs; fp32 elsewhere).
         `cross_from[i]`: the main decoder layer whose cross-attention cache layer `i` reads
         (`shared_cross_attention`); `new_cache` then takes that cache instead of computing one."""
         first = hf_decoder.layers[0]
@@ -172,23 +149,32 @@ class WhisperDecoderRunner:
         self.embed_positions = hf_decoder.embed_positions.weight.detach()
         self.final_norm = hf_decoder.layer_norm
         self.vocab_size = output_weight.shape[0]
+        self.output_weight = output_weight.detach()
         self.shortlist = shortlist
-        self.output = FastLinear(output_weight if shortlist is None else output_weight[shortlist], None)
+        self.head: FullHead | ShortlistHead
+        if shortlist is None and not int8:
+            self.head = main_head(output_weight)
+        else:
+            every = torch.arange(self.vocab_size) if shortlist is None else shortlist
+            self.head = ShortlistHead(output_weight, every, int8)
+        int8 = int8 and int8_available(output_weight)
+        linear = Int8Linear if int8 else FastLinear
+        self.int8 = int8
         self.cross_from = cross_from or [None] * len(hf_decoder.layers)
         self.encoder_dim = hf_decoder.layers[0].encoder_attn.k_proj.in_features
         self.layers = [
             _Layer(
-                self_qkv=_fuse(lay.self_attn.q_proj, lay.self_attn.k_proj, lay.self_attn.v_proj),
-                self_out=FastLinear(lay.self_attn.out_proj.weight, lay.self_attn.out_proj.bias),
+                self_qkv=_fuse(linear, lay.self_attn.q_proj, lay.self_attn.k_proj, lay.self_attn.v_proj),
+                self_out=linear(lay.self_attn.out_proj.weight, lay.self_attn.out_proj.bias),
                 self_norm=lay.self_attn_layer_norm,
-                cross_q=FastLinear(lay.encoder_attn.q_proj.weight, lay.encoder_attn.q_proj.bias),
+                cross_q=linear(lay.encoder_attn.q_proj.weight, lay.encoder_attn.q_proj.bias),
                 cross_kv=None
                 if source is not None
-                else _fuse(lay.encoder_attn.k_proj, lay.encoder_attn.v_proj),
-                cross_out=FastLinear(lay.encoder_attn.out_proj.weight, lay.encoder_attn.out_proj.bias),
+                else _fuse(linear, lay.encoder_attn.k_proj, lay.encoder_attn.v_proj),
+                cross_out=linear(lay.encoder_attn.out_proj.weight, lay.encoder_attn.out_proj.bias),
                 cross_norm=lay.encoder_attn_layer_norm,
-                fc1=FastLinear(lay.fc1.weight, lay.fc1.bias),
-                fc2=FastLinear(lay.fc2.weight, lay.fc2.bias),
+                fc1=linear(lay.fc1.weight, lay.fc1.bias),
+                fc2=linear(lay.fc2.weight, lay.fc2.bias),
                 final_norm=lay.final_layer_norm,
             )
             for lay, source in zip(hf_decoder.layers, self.cross_from, strict=True)
@@ -224,6 +210,15 @@ class WhisperDecoderRunner:
 
     def forward(self, tokens: Tensor, start: Tensor, cache: DecoderCache) -> Tensor:
         """Logits `[B, T, vocab]` for `tokens [B, T]` placed at positions `start[b] + t`."""
+        return self.head.logits(self.states(tokens, start, cache))
+
+    def greedy(self, tokens: Tensor, start: Tensor, cache: DecoderCache, mask: Mask, last: int) -> Tensor:
+        """Greedy tokens `[B, last]` after the last `last` of `tokens` (as `forward`), once `mask`
+        has forbidden what the logit filters forbid; the head may skip logits that cannot win."""
+        return self.head.greedy(self.states(tokens, start, cache)[:, -last:], mask)
+
+    def states(self, tokens: Tensor, start: Tensor, cache: DecoderCache) -> Tensor:
+        """Final (normed) decoder states `[B, T, d_model]`, writing the tokens' keys/values to `cache`."""
         batch, steps = tokens.shape
         positions = start[:, None] + torch.arange(steps, device=tokens.device)
         length = int(positions.max()) + 1
@@ -251,8 +246,4 @@ class WhisperDecoderRunner:
             )
             x = x + layer.cross_out(attn.transpose(1, 2).reshape(batch, steps, self.d_model))
             x = x + layer.fc2(F.gelu(layer.fc1(layer.final_norm(x))))
-        logits = self.output(self.final_norm(x))
-        if self.shortlist is None:
-            return logits
-        full = logits.new_full((*logits.shape[:-1], self.vocab_size), -torch.inf)
-        return full.index_copy_(-1, self.shortlist, logits)
+        return self.final_norm(x)

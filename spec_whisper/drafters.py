@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -118,8 +119,7 @@ class AssistantDrafter:
         tokens = seq.gather(1, start[:, None] + torch.arange(width))
         drafts = []
         for i in range(k):
-            logits = self.runner.forward(tokens, start, self.cache)[:, -1:]
-            tokens = filters(logits, i).argmax(-1)
+            tokens = self.runner.greedy(tokens, start, self.cache, partial(filters, offset=i), 1)
             drafts.append(tokens)
             start = length + i
         # Slots past the last fed draft are stale; observe() trims to what the main model accepted.

@@ -39,7 +39,15 @@ class EncoderStates:
 
 
 class SpeculativeWhisper:
-    def __init__(self, models: LoadedModels, device: str = "cpu", stages: Collection[str] = STAGES) -> None:
+    def __init__(
+        self,
+        models: LoadedModels,
+        device: str = "cpu",
+        stages: Collection[str] = STAGES,
+        int8_assistant: bool = True,
+    ) -> None:
+        """`int8_assistant`: run the assistant's products in int8 where the device has them (x86
+        CPUs): drafts need not be exact, the main model checks each one in fp32."""
         if unknown := set(stages) - STAGES:
             raise ValueError(f"unknown stages {sorted(unknown)}; expected a subset of {sorted(STAGES)}")
         self.stages = frozenset(stages)
@@ -62,8 +70,9 @@ class SpeculativeWhisper:
                     if models.assistant_has_encoder
                     else shared_cross_attention(models.main.model.decoder, decoder)
                 )
+                head = models.assistant.proj_out.weight
                 self.assistant = WhisperDecoderRunner(
-                    decoder, models.assistant.proj_out.weight, models.assistant_shortlist, shared
+                    decoder, head, models.assistant_shortlist, shared, int8_assistant
                 )
         if self.stages != STAGES:
             _release_unused(models, self.stages)
@@ -81,10 +90,12 @@ class SpeculativeWhisper:
         device: str = "cpu",
         assistant_encoder: AssistantEncoder = "auto",
         stages: Collection[str] = STAGES,
+        int8_assistant: bool = True,
     ) -> SpeculativeWhisper:
         """`stages`: what this process runs. A Triton encoder step loads with {"encoder"} and keeps no
         decoder weights; a decoder step with {"decoder"} keeps no encoder."""
-        return cls(load_models(main, assistant, precision, device, assistant_encoder), device, stages)
+        models = load_models(main, assistant, precision, device, assistant_encoder)
+        return cls(models, device, stages, int8_assistant)
 
     def costs(self) -> DecoderCosts:
         """Measured pass costs that pick the draft length (timed on first use: a few seconds)."""

@@ -60,8 +60,7 @@ def generate(
         # 2. Verify the pending token(s) plus the drafts in one forward.
         start = length - pending
         tokens = torch.cat([seq.gather(1, start[:, None] + torch.arange(pending)), draft], dim=1)
-        logits = main.forward(tokens, start, cache)[:, pending - 1 :]
-        greedy = filter_at(logits, torch.arange(k + 1)).argmax(-1)
+        greedy = main.greedy(tokens, start, cache, partial(filter_at, offset=torch.arange(k + 1)), k + 1)
         # 3. Each row keeps its drafts up to its first mismatch, plus the main model's next token.
         n_accepted = (draft == greedy[:, :k]).cumprod(dim=1).sum(dim=1)
         seq.scatter_(1, length[:, None] + torch.arange(k + 1), greedy)

@@ -217,7 +217,8 @@ def test_copied_cross_attention_is_found_and_changed_projections_are_not(tiny, c
 def test_shared_cross_attention_cache_is_the_main_one_and_drafts_are_unchanged(
     tiny, noise, copied_assistant
 ) -> None:
-    engine = SpeculativeWhisper.load(tiny["main"], copied_assistant)
+    # fp32 assistant products: the comparison below is between two fp32 runs.
+    engine = SpeculativeWhisper.load(tiny["main"], copied_assistant, int8_assistant=False)
     assistant = engine.assistant
     assert assistant.cross_from == [0, 2] and all(layer.cross_kv is None for layer in assistant.layers)
     states = engine.encode(engine.log_mel(noise[:3])).main
