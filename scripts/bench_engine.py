@@ -66,15 +66,21 @@ def measure_bandwidth_gbs() -> float:
 
 
 @torch.inference_mode()  # outside it every cache write extends an autograd graph (steps took ~1 s)
-def step_costs(engine: SpeculativeWhisper, states, bandwidth: float) -> dict[str, float]:
+def step_costs(engine: SpeculativeWhisper, pcm: np.ndarray, bandwidth: float) -> dict[str, float]:
     """Milliseconds of one main-decoder greedy step over 1..8 new tokens (states and head, as decoding
-    runs it), one assistant step, and the bandwidth bounds they are judged by."""
+    runs it), one assistant step, and the bandwidth bounds they are judged by. The steps continue the
+    clip's own transcript: the head's cost depends on how decisive the logits are."""
     main = engine.main
-    cache = main.new_cache(states.main[:1])
-    start = torch.tensor([10])
+    states = engine.encode(engine.log_mel([pcm]))
+    text = engine.decode(states, [DecodingOptions(language="en", speculative=False)])[0].tokens
+    context = torch.tensor([engine.tokens.prompt("en", "transcribe") + text])
+    cache = main.new_cache(states.main)
+    main.states(context, torch.tensor([0]), cache)
+    position = max(1, min(10, context.shape[1] - 8))
+    start = torch.tensor([position])
 
     def step(runner, cache, n: int) -> Callable[[], torch.Tensor]:
-        tokens = torch.full((1, n), 440)
+        tokens = context[:, position : position + n]
         return lambda: runner.greedy(tokens, start, cache, lambda logits: logits, n)
 
     costs = {f"main_{n}_tokens_ms": 1000 * _timed(step(main, cache, n)) for n in (1, 2, 4, 5, 8)}
@@ -94,7 +100,8 @@ def step_costs(engine: SpeculativeWhisper, states, bandwidth: float) -> dict[str
     costs["bound_read_ms"] = 1000 * (layer_bytes + head_read_bytes + cross_bytes) / (bandwidth * 1e9)
     if engine.assistant is not None:
         own = states.assistant if states.assistant is not None else states.main
-        a_cache = engine.assistant.new_cache(own[:1], cache)
+        a_cache = engine.assistant.new_cache(own, cache)
+        engine.assistant.states(context, torch.tensor([0]), a_cache)
         costs["draft_step_ms"] = 1000 * _timed(step(engine.assistant, a_cache, 1))
     return costs
 
@@ -232,7 +239,7 @@ def main() -> None:
 
     engine = SpeculativeWhisper.load(args.main, args.assistant)
     bandwidth = measure_bandwidth_gbs()
-    costs = step_costs(engine, engine.encode(engine.log_mel(pcm[:1])), bandwidth)
+    costs = step_costs(engine, pcm[0], bandwidth)
 
     model = WhisperForConditionalGeneration.from_pretrained(args.main).eval()
     extractor = WhisperFeatureExtractor.from_pretrained(args.main)
