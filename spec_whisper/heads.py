@@ -102,7 +102,10 @@ class ScreenedHead(FullHead):
         bound = self._bound(rows[row], scale[row], self.half_step[token], self.grid_error[token])
         best_lower = torch.full((len(rows),), -torch.inf).scatter_reduce_(0, row, score - bound, "amax")
         keep = score + bound >= best_lower[row]
-        return self._exact_argmax(rows, row[keep], token[keep]).view(states.shape[:-1])
+        chosen = self._exact_argmax(rows, row[keep], token[keep])
+        if (chosen == self.vocab_size).any():  # a row without candidates: non-finite states
+            return super().greedy(states, mask)
+        return chosen.view(states.shape[:-1])
 
     def _screen(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """Approximate logits `[R, vocab]` and each row's power-of-two activation grid `[R]`."""

@@ -88,6 +88,14 @@ def test_screen_error_stays_within_its_bound() -> None:
     assert (scores + bound >= lower).sum(dim=1).max() <= 20
 
 
+def test_screened_greedy_on_non_finite_states_is_what_fp32_gives() -> None:
+    weight = _weight()
+    states = _states(1, 3)
+    states[0, 1, 4] = torch.nan
+    expected = FullHead(weight).logits(states).argmax(-1)
+    assert torch.equal(ScreenedHead(weight).greedy(states, _no_mask), expected)
+
+
 def test_screened_head_falls_back_to_fp32_for_many_rows() -> None:
     weight = _weight()
     head = ScreenedHead(weight, max_rows=4)
