@@ -36,8 +36,11 @@ def engine(request, whisper_base_dir: Path, assistant_dir: Path) -> SpeculativeW
         return SpeculativeWhisper.load(whisper_base_dir, assistant_dir)
     # whisper-base as a full assistant running its own encoder, or sharing the main one (every draft
     # is then accepted, so drafts keep running into end-of-text).
+    # fp32 assistant products: only the main model's own arithmetic drafts exactly what it verifies.
     mode = "own" if request.param == "own_encoder" else "shared"
-    return SpeculativeWhisper.load(whisper_base_dir, whisper_base_dir, assistant_encoder=mode)
+    return SpeculativeWhisper.load(
+        whisper_base_dir, whisper_base_dir, assistant_encoder=mode, int8_assistant=False
+    )
 
 
 def _encode(engine: SpeculativeWhisper, clips: list[dict[str, Any]], batch: int) -> list[EncoderStates]:
