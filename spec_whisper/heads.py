@@ -43,7 +43,7 @@ class ShortlistHead:
         self.shortlist = shortlist
         rows = weight[shortlist]
         self.int8 = Int8Linear(rows) if int8 and int8_available(rows) else None
-        self.linear = FastLinear(rows, None)
+        self.linear = FastLinear(rows, None) if self.int8 is None else None
 
     def logits(self, states: Tensor) -> Tensor:
         scores = self.linear(states) if self.int8 is None else self.int8.approximate(states)
