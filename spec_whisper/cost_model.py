@@ -6,12 +6,14 @@ nearly free and long drafts pay; at batch 16 it is bound by arithmetic, every ve
 about what a decoded one does, and a rejected draft is pure loss. No constant draft length is right
 for both, so the engine times the passes once (`DecoderCosts.measure`) and each verify pass picks
 the `k` that maximises expected tokens per second for the rows it holds (`best_draft_length`),
-down to `k = 0`, which is plain greedy decoding.
+down to `k = 0`, which is plain greedy decoding. Once drafting, the choice is made again after
+every draft (`best_extension`), now knowing how sure the assistant was of the tokens so far.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +22,7 @@ from torch import Tensor
 
 from .decoder import DecoderCache, WhisperDecoderRunner
 
-__all__ = ["DecoderCosts", "best_draft_length", "expected_tokens"]
+__all__ = ["DecoderCosts", "best_draft_length", "best_extension"]
 
 BATCHES = (1, 2, 4, 8, 16)
 TOKENS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 17)
@@ -60,26 +62,35 @@ class DecoderCosts:
     def measure(
         cls, main: WhisperDecoderRunner, assistant: WhisperDecoderRunner | None, frames: int, repeats: int = 3
     ) -> DecoderCosts:
-        """Median time of each pass shape, over `frames` encoder frames of random states."""
+        """Median time of each pass shape, over `frames` encoder frames of random states. The shapes of
+        one batch size are timed in turn, round after round, so that a slow spell of the machine
+        (these are shared cores) lands on all of them rather than on the few it happens to overlap."""
 
-        def timed(runner: WhisperDecoderRunner, cache: DecoderCache, tokens: int) -> float:
+        def timed(runner: WhisperDecoderRunner, cache: DecoderCache, tokens: int) -> Callable[[], float]:
             batch = cache.self_k.shape[1]
             ids = torch.randint(0, runner.vocab_size, (batch, tokens))
             start = torch.full((batch,), _POSITION)
             decisive = _decisive_states(runner, batch * tokens).view(batch, tokens, -1)
-            return _median_s(lambda: runner.states(ids, start, cache), repeats) + _median_s(
-                lambda: runner.head.greedy(decisive, _no_mask), repeats
+            return lambda: (
+                _seconds(lambda: runner.states(ids, start, cache))
+                + _seconds(lambda: runner.head.greedy(decisive, _no_mask))
             )
 
         verify, draft = np.zeros((len(BATCHES), len(TOKENS))), np.full(len(BATCHES), np.inf)
         for i, batch in enumerate(BATCHES):
             states = torch.randn(batch, frames, main.encoder_dim, dtype=main.dtype)
             cache = main.new_cache(states)
-            verify[i] = [timed(main, cache, tokens) for tokens in TOKENS]
+            passes = [timed(main, cache, tokens) for tokens in TOKENS]
             if assistant is not None:
                 own = torch.randn(batch, frames, assistant.encoder_dim, dtype=assistant.dtype)
                 # An assistant may read the main decoder's cross-attention cache (`cross_from`).
-                draft[i] = timed(assistant, assistant.new_cache(own, cache), 1)
+                passes.append(timed(assistant, assistant.new_cache(own, cache), 1))
+            times = np.array([[run() for run in passes] for _ in range(repeats + 1)])[1:]  # round 0 warms up
+            medians = np.median(times, axis=0)
+            # A pass over more tokens never costs less: a median above a later one is noise.
+            verify[i] = np.minimum.accumulate(medians[: len(TOKENS)][::-1])[::-1]
+            if assistant is not None:
+                draft[i] = medians[-1]
         return cls(verify, draft)
 
 
@@ -87,14 +98,10 @@ def _no_mask(logits: Tensor) -> Tensor:
     return logits
 
 
-def _median_s(run, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return float(np.median(times))
+def _seconds(run: Callable[[], object]) -> float:
+    began = time.perf_counter()
+    run()
+    return time.perf_counter() - began
 
 
 def _decisive_states(runner: WhisperDecoderRunner, rows: int) -> Tensor:
@@ -105,16 +112,29 @@ def _decisive_states(runner: WhisperDecoderRunner, rows: int) -> Tensor:
     return weight / weight.norm(dim=-1, keepdim=True) * 10 * weight.shape[-1] ** 0.5
 
 
-def expected_tokens(acceptance: Tensor, maximum: int) -> Tensor:
-    """`[B, maximum + 1]`: column k holds the tokens a verify pass with k drafts commits per row when each
-    draft token is accepted with probability `acceptance` until the first rejection, 1 + a + ... + a^k."""
-    return (acceptance.double()[:, None] ** torch.arange(maximum + 1)).cumsum(dim=1)
-
-
 def best_draft_length(costs: DecoderCosts, acceptance: Tensor, maximum: int) -> int:
     """The `k` in 0..maximum with the most committed tokens per second for rows of these acceptances."""
+    return best_extension(costs, acceptance, maximum)
+
+
+def best_extension(
+    costs: DecoderCosts,
+    acceptance: Tensor,
+    maximum: int,
+    drafted: int = 0,
+    chain: Tensor | None = None,
+    expected: float | None = None,
+) -> int:
+    """How many drafts to add to the `drafted` already made for the most expected tokens per second
+    over the whole pass. Row b's drafts so far are all right with probability `chain[b]` (the
+    assistant's own probabilities multiplied; 1 before drafting), each further one with probability
+    `acceptance[b]`; `expected` is the tokens the pass commits so far (the batch size before drafting)."""
     batch = len(acceptance)
-    if batch == 0:
+    more = maximum - drafted
+    if batch == 0 or more <= 0:
         return 0
-    tokens = expected_tokens(acceptance, maximum).sum(dim=0)
-    return int((tokens / costs.pass_s(batch, maximum)).argmax())
+    chain = torch.ones(batch, dtype=torch.float64) if chain is None else chain.double()
+    base = float(batch) if expected is None else expected
+    further = (acceptance.double()[:, None] ** torch.arange(1, more + 1)).cumsum(dim=1)
+    tokens = base + torch.cat([torch.zeros(1, dtype=torch.float64), (chain[:, None] * further).sum(dim=0)])
+    return int((tokens / costs.pass_s(batch, maximum)[drafted:]).argmax())

@@ -217,6 +217,11 @@ class WhisperDecoderRunner:
         has forbidden what the logit filters forbid; the head may skip logits that cannot win."""
         return self.head.greedy(self.states(tokens, start, cache)[:, -last:], mask)
 
+    def draft(self, tokens: Tensor, start: Tensor, cache: DecoderCache, mask: Mask) -> tuple[Tensor, Tensor]:
+        """The greedy token `[B, 1]` after `tokens` (as `greedy` with `last=1`) and its probability `[B]`."""
+        token, probability = self.head.draft(self.states(tokens, start, cache)[:, -1:], mask)
+        return token, probability[:, 0]
+
     def states(self, tokens: Tensor, start: Tensor, cache: DecoderCache) -> Tensor:
         """Final (normed) decoder states `[B, T, d_model]`, writing the tokens' keys/values to `cache`."""
         batch, steps = tokens.shape

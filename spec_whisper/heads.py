@@ -32,6 +32,15 @@ class FullHead:
     def greedy(self, states: Tensor, mask: Mask) -> Tensor:
         return mask(self.logits(states)).argmax(-1)
 
+    def draft(self, states: Tensor, mask: Mask) -> tuple[Tensor, Tensor]:
+        """Greedy tokens and their softmax probabilities, which tell a drafter when to stop."""
+        return _choice(mask(self.logits(states)))
+
+
+def _choice(logits: Tensor) -> tuple[Tensor, Tensor]:
+    best, token = logits.max(dim=-1)
+    return token, torch.exp(best - logits.logsumexp(dim=-1))
+
 
 class ShortlistHead:
     """An assistant's cheap head: only `shortlist` tokens are scored, the others get -inf, so a draft
@@ -46,12 +55,23 @@ class ShortlistHead:
         self.linear = FastLinear(rows, None) if self.int8 is None else None
 
     def logits(self, states: Tensor) -> Tensor:
-        scores = self.linear(states) if self.int8 is None else self.int8.approximate(states)
+        scores = self._scores(states)
         full = scores.new_full((*scores.shape[:-1], self.vocab_size), -torch.inf)
         return full.index_copy_(-1, self.shortlist, scores)
 
     def greedy(self, states: Tensor, mask: Mask) -> Tensor:
-        return mask(self.logits(states)).argmax(-1)
+        return self.draft(states, mask)[0]
+
+    def draft(self, states: Tensor, mask: Mask) -> tuple[Tensor, Tensor]:
+        """Greedy tokens and their probabilities over the shortlist. The filters act on the full
+        vocabulary, so they mark forbidden ids in a zero row that the shortlist then reads."""
+        scores = self._scores(states)
+        forbidden = mask(scores.new_zeros((*scores.shape[:-1], self.vocab_size)))
+        position, probability = _choice(scores + forbidden.index_select(-1, self.shortlist))
+        return self.shortlist[position], probability
+
+    def _scores(self, states: Tensor) -> Tensor:
+        return self.linear(states) if self.int8 is None else self.int8.approximate(states)
 
 
 class ScreenedHead(FullHead):

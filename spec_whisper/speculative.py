@@ -55,8 +55,9 @@ def generate(
     while rows.numel():
         filter_at = partial(_filter_at, filters, length - prompt_len)
         # 1. Draft, never past the last cache slot.
-        k = min(drafter.draft_length(), main.max_positions - int(length.max())) if drafter else 0
-        draft = drafter.propose(seq, length, k, filter_at) if k > 0 else seq.new_empty(len(rows), 0)
+        room = main.max_positions - int(length.max())
+        draft = drafter.propose(seq, length, room, filter_at) if drafter else seq.new_empty(len(rows), 0)
+        k = draft.shape[1]
         # 2. Verify the pending token(s) plus the drafts in one forward.
         start = length - pending
         tokens = torch.cat([seq.gather(1, start[:, None] + torch.arange(pending)), draft], dim=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from spec_whisper.cost_model import BATCHES, TOKENS, DecoderCosts, best_draft_length, expected_tokens
+from spec_whisper.cost_model import BATCHES, TOKENS, DecoderCosts, best_draft_length, best_extension
 from spec_whisper.drafters import CostModelPolicy
 from spec_whisper.engine import SpeculativeWhisper
 from spec_whisper.loading import make_tiny_models
@@ -21,10 +21,21 @@ def _costs(verify_per_extra_token: float, draft: float) -> DecoderCosts:
     return DecoderCosts(verify, np.array([draft * b for b in BATCHES], dtype=float))
 
 
-def test_expected_tokens_is_the_geometric_sum() -> None:
-    a = torch.tensor([0.0, 0.5, 1.0])
-    assert expected_tokens(a, 0)[:, 0].tolist() == [1, 1, 1]
-    assert expected_tokens(a, 3)[:, 3].tolist() == [1, 1.875, 4]
+def test_draft_length_maximises_expected_tokens_per_second() -> None:
+    # A pass commits 1 + a + ... + a^k tokens; at a = 0.5 with verification free and drafts at
+    # 0.1 s: k = 1 gives 1.5 / 1.1, k = 2 gives 1.75 / 1.2 (the most), k = 3 gives 1.875 / 1.3.
+    assert best_draft_length(_costs(0.0, 0.1), torch.tensor([0.5]), 16) == 2
+
+
+def test_drafting_goes_on_while_the_assistant_is_sure() -> None:
+    costs, acceptance = _costs(0.02, 0.1), torch.full((2,), 0.6)
+    # Two drafts made; the rows' drafts are all right with probability `chain`.
+    sure = best_extension(costs, acceptance, 16, drafted=2, chain=torch.tensor([0.99, 0.98]), expected=5.9)
+    unsure = best_extension(costs, acceptance, 16, drafted=2, chain=torch.tensor([0.05, 0.02]), expected=2.2)
+    assert sure > 0 and unsure == 0
+    assert best_extension(costs, acceptance, 16, drafted=16, chain=torch.ones(2), expected=34.0) == 0
+    # Before any draft, extending is choosing the length.
+    assert best_extension(costs, acceptance, 16) == best_draft_length(costs, acceptance, 16)
 
 
 def test_interpolation_between_measured_shapes() -> None:

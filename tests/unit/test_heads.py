@@ -118,3 +118,25 @@ def test_shortlist_head_scores_only_its_tokens(int8: bool) -> None:
     tolerance = 0.05 * expected.abs().max() if int8 else 1e-4
     assert (logits[..., shortlist] - expected).abs().max() < tolerance
     assert torch.isin(head.greedy(states, _no_mask), shortlist).all()
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_draft_gives_the_greedy_token_and_its_probability(int8: bool) -> None:
+    weight = _weight()
+    states = _states(2, 3) / 20
+    forbidden = torch.tensor([0, 3, 4098])
+
+    def mask(logits: torch.Tensor) -> torch.Tensor:
+        logits[..., forbidden] = -torch.inf
+        return logits
+
+    for head in (FullHead(weight), ShortlistHead(weight, torch.arange(0, VOCAB, 2), int8=int8)):
+        token, probability = head.draft(states, mask)
+        logits = mask(head.logits(states))
+        assert torch.equal(token, head.greedy(states, mask))
+        assert not torch.isin(token, forbidden).any()
+        # int8 scores: the probability of its own choice, from its own (approximate) logits.
+        expected = logits.softmax(-1).gather(-1, token[..., None])[..., 0]
+        tolerance = 0.1 if int8 and isinstance(head, ShortlistHead) else 1e-5
+        assert torch.allclose(probability, expected, atol=tolerance)
+        assert ((probability > 0) & (probability <= 1)).all()

@@ -247,3 +247,26 @@ def test_speculative_with_a_shared_cross_attention_cache_equals_greedy(tiny, noi
     greedy = _decode(engine, noise, speculative=False, max_new=list(max_new))
     for draft_length in (None, 3):
         assert _decode(engine, noise, draft_length=draft_length, max_new=list(max_new)) == greedy
+
+
+def test_cost_model_drafts_on_while_the_assistant_is_sure(tiny, noise) -> None:
+    """The identical assistant is sure of nothing (random weights: flat distributions), so with
+    verification made cheap the cost model still stops each draft after its first token; made
+    certain, it drafts on."""
+    from spec_whisper.cost_model import BATCHES, TOKENS, DecoderCosts
+
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])
+    verify = np.array([[b * (1 + 0.01 * (t - 1)) for t in TOKENS] for b in BATCHES])
+    engine._costs = DecoderCosts(verify, np.array([0.05 * b for b in BATCHES], dtype=float))
+    states = engine.encode(engine.log_mel(noise[:2]))
+    options = [DecodingOptions(language="en", max_new_tokens=30)] * 2
+    plain = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=30, speculative=False)] * 2)
+    unsure = engine.decode(states, options)
+    assert [r.tokens for r in unsure] == [r.tokens for r in plain]
+    assert all(r.stats.drafted == r.stats.main_passes for r in unsure)  # one draft per verify pass
+    head = engine.assistant.head
+    certain = head.draft
+    head.draft = lambda states, mask: (certain(states, mask)[0], torch.ones(states.shape[:-1]))
+    sure = engine.decode(states, options)
+    assert [r.tokens for r in sure] == [r.tokens for r in plain]
+    assert all(r.stats.drafted > 2 * r.stats.main_passes for r in sure)
