@@ -214,27 +214,47 @@ def format_table(runs: list[Run], reference: Run) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
+def engine_arguments(description: str, clips: int) -> argparse.ArgumentParser:
+    """The options every in-process engine benchmark takes: models, clips, batches, threads, record."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--main", default=str(REPO / "models/whisper-base"))
     parser.add_argument("--assistant", default=str(REPO / "models/whisper-base-assistant"))
     parser.add_argument("--speech-dir", default=str(REPO.parent / "shared/data/speech"))
-    parser.add_argument("--clips", type=int, default=12, help="English LibriSpeech clips, in manifest order")
+    parser.add_argument(
+        "--clips", type=int, default=clips, help="English LibriSpeech clips, in manifest order"
+    )
     parser.add_argument("--skip", type=int, default=0, help="skip the first N English clips")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-ctranslate2", action="store_true")
     parser.add_argument("--record", type=Path, help="append the results to this markdown file")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    return parser
 
-    speech = Path(args.speech_dir)
+
+def english_clips(speech_dir: str | Path, skip: int, clips: int) -> list[np.ndarray]:
+    """16 kHz samples of `clips` LibriSpeech test-other clips from the shared folder, after `skip`."""
+    speech = Path(speech_dir)
     manifest = [json.loads(line) for line in (speech / "manifest.jsonl").read_text().splitlines()]
     english = [m for m in manifest if m["path"].startswith("librispeech_test_other/")]
-    chosen = english[args.skip : args.skip + args.clips]
-    pcm = [decode_audio(speech / m["path"]) for m in chosen]
+    return [decode_audio(speech / m["path"]) for m in english[skip : skip + clips]]
+
+
+def record(path: Path | None, title: str, report: str) -> None:
+    """Append `report` to the markdown file `path` under a dated title, with the command that made it."""
+    if path is None:
+        return
+    command = f"python scripts/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+    with path.open("a") as f:
+        f.write(f"\n## {title} ({time.strftime('%Y-%m-%d')})\n\nCommand: `{command}`\n\n{report}\n")
+
+
+def main() -> None:
+    parser = engine_arguments(__doc__, clips=12)
+    parser.add_argument("--no-ctranslate2", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    pcm = english_clips(args.speech_dir, args.skip, args.clips)
     audio_s = sum(len(p) for p in pcm) / 16000
 
     engine = SpeculativeWhisper.load(args.main, args.assistant)
@@ -303,11 +323,7 @@ def main() -> None:
     )
     report = "\n".join(lines)
     print(report)
-    if args.record:
-        command = "python scripts/bench_engine.py " + " ".join(sys.argv[1:])
-        block = f"\n## Engine ({time.strftime('%Y-%m-%d')})\n\nCommand: `{command}`\n\n{report}\n"
-        with args.record.open("a") as f:
-            f.write(block)
+    record(args.record, "Engine", report)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ the machine's mood and shows what the decisions are worth. Outputs are checked i
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -26,7 +24,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spec_whisper.audio import decode_audio  # noqa: E402
+from bench_engine import engine_arguments, english_clips, record  # noqa: E402  (scripts/, beside this file)
+
 from spec_whisper.cost_model import DecoderCosts  # noqa: E402
 from spec_whisper.decoder import WhisperDecoderRunner  # noqa: E402
 from spec_whisper.drafters import AssistantDrafter, CostModelPolicy, DraftLengthPolicy  # noqa: E402
@@ -98,25 +97,12 @@ def decode(engine: SpeculativeWhisper, states: EncoderStates, policy_of) -> tupl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--main", default=str(REPO / "models/whisper-base"))
-    parser.add_argument("--assistant", default=str(REPO / "models/whisper-base-assistant"))
-    parser.add_argument("--speech-dir", default=str(REPO.parent / "shared/data/speech"))
-    parser.add_argument("--clips", type=int, default=16, help="English LibriSpeech clips, in manifest order")
-    parser.add_argument("--skip", type=int, default=40, help="skip the first N (training speakers)")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser = engine_arguments(__doc__, clips=16)
+    parser.set_defaults(skip=40)  # the assistant's distillation trained on the first 40 clips' speakers
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--record", type=Path, help="append the results to this markdown file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-
-    speech = Path(args.speech_dir)
-    manifest = [json.loads(line) for line in (speech / "manifest.jsonl").read_text().splitlines()]
-    english = [m for m in manifest if m["path"].startswith("librispeech_test_other/")]
-    pcm = [decode_audio(speech / m["path"]) for m in english[args.skip : args.skip + args.clips]]
+    pcm = english_clips(args.speech_dir, args.skip, args.clips)
     engine = SpeculativeWhisper.load(args.main, args.assistant)
     if engine.models.assistant_has_encoder:
         raise SystemExit("this benchmark drives a decoder-only assistant that reads the main encoder")
@@ -161,12 +147,7 @@ def main() -> None:
             )
     report = "\n".join(lines)
     print(report)
-    if args.record:
-        command = "python scripts/bench_policy.py " + " ".join(sys.argv[1:])
-        title = f"Draft-length policies ({time.strftime('%Y-%m-%d')})"
-        block = f"\n## {title}\n\nCommand: `{command}`\n\n{report}\n"
-        with args.record.open("a") as f:
-            f.write(block)
+    record(args.record, "Draft-length policies", report)
 
 
 if __name__ == "__main__":
