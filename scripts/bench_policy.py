@@ -28,9 +28,9 @@ from bench_engine import engine_arguments, english_clips, record  # noqa: E402  
 
 from spec_whisper.cost_model import DecoderCosts  # noqa: E402
 from spec_whisper.decoder import WhisperDecoderRunner  # noqa: E402
-from spec_whisper.drafters import AssistantDrafter, CostModelPolicy, DraftLengthPolicy  # noqa: E402
-from spec_whisper.engine import EncoderStates, SpeculativeWhisper  # noqa: E402
-from spec_whisper.speculative import DecodeRequest, generate  # noqa: E402
+from spec_whisper.drafters import CostModelPolicy, LengthPolicy  # noqa: E402
+from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
+from spec_whisper.types import DecodingOptions  # noqa: E402
 
 
 class OncePerPassPolicy(CostModelPolicy):
@@ -40,11 +40,23 @@ class OncePerPassPolicy(CostModelPolicy):
         return drafted < self.current()
 
 
+class PolicyEngine(SpeculativeWhisper):
+    """The engine, whose cost-model policy can be the once-per-pass one."""
+
+    once_per_pass = False
+
+    def length_policy(self, batch: int, draft_length: int | None, adaptive: bool) -> LengthPolicy:
+        if draft_length is None and self.once_per_pass:
+            return OncePerPassPolicy(self.costs(), batch)
+        return super().length_policy(batch, draft_length, adaptive)
+
+
+# name: (speculative, draft length, cost model once per pass)
 POLICIES = {
-    "greedy": None,
-    "cost model, once per pass": lambda costs, batch: OncePerPassPolicy(costs, batch),
-    "cost model, after every draft": lambda costs, batch: CostModelPolicy(costs, batch),
-    "k=5, +2/-1": lambda costs, batch: DraftLengthPolicy(batch, 5, adaptive=True),
+    "greedy": (False, None, False),
+    "cost model, once per pass": (True, None, True),
+    "cost model, after every draft": (True, None, False),
+    "k=5, +2/-1": (True, 5, False),
 }
 
 
@@ -62,7 +74,7 @@ class CountingRunner:
     """Adds the cost table's price of every main pass and draft step a decode makes."""
 
     def __init__(self, engine: SpeculativeWhisper, costs: DecoderCosts) -> None:
-        self.engine, self.costs, self.seconds = engine, costs, 0.0
+        self.seconds = 0.0
         self._greedy, self._draft = WhisperDecoderRunner.greedy, WhisperDecoderRunner.draft
         counter = self
 
@@ -81,21 +93,6 @@ class CountingRunner:
         WhisperDecoderRunner.greedy, WhisperDecoderRunner.draft = self._greedy, self._draft
 
 
-@torch.inference_mode()
-def decode(engine: SpeculativeWhisper, states: EncoderStates, policy_of) -> tuple[list[list[int]], list]:
-    """The engine's decoding loop for English rows, with the drafter's length policy swapped in."""
-    batch = states.main.shape[0]
-    cache = engine.main.new_cache(states.main)
-    prompt = torch.tensor([engine.tokens.prompt("en", "transcribe")] * batch)
-    request = DecodeRequest(prompt, torch.full((batch,), prompt.shape[1] + 444))
-    drafter = None
-    if policy_of is not None:
-        drafter = AssistantDrafter(
-            engine.assistant, engine.assistant.new_cache(states.main, cache), policy_of(engine.costs(), batch)
-        )
-    return generate(engine.main, cache, request, engine.filters, engine.tokens.end_of_text, drafter)
-
-
 def main() -> None:
     parser = engine_arguments(__doc__, clips=16)
     parser.set_defaults(skip=40)  # the assistant's distillation trained on the first 40 clips' speakers
@@ -103,9 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pcm = english_clips(args.speech_dir, args.skip, args.clips)
-    engine = SpeculativeWhisper.load(args.main, args.assistant)
-    if engine.models.assistant_has_encoder:
-        raise SystemExit("this benchmark drives a decoder-only assistant that reads the main encoder")
+    engine = PolicyEngine.load(args.main, args.assistant)
     costs = engine.costs()
 
     load = np.round(os.getloadavg(), 2).tolist()
@@ -123,20 +118,25 @@ def main() -> None:
         states = [engine.encode(engine.log_mel(chunk)) for chunk in chunks]
         tallies = {name: Tally() for name in POLICIES}
         for round_ in range(args.repeats):
-            for name, policy_of in POLICIES.items():
+            for name, (speculative, draft_length, once_per_pass) in POLICIES.items():
                 tally = tallies[name]
+                engine.once_per_pass = once_per_pass
+                options = DecodingOptions(language="en", speculative=speculative, draft_length=draft_length)
                 counter = CountingRunner(engine, costs)
                 began = time.perf_counter()
-                results = [decode(engine, s, policy_of) for s in states]
+                results = [
+                    r
+                    for s, chunk in zip(states, chunks, strict=True)
+                    for r in engine.decode(s, [options] * len(chunk))
+                ]
                 tally.wall_s.append(time.perf_counter() - began)
                 counter.close()
                 if round_ == 0:
                     tally.modelled_s = counter.seconds
-                    tally.tokens = [t for tokens, _ in results for t in tokens]
-                    for stats in (s for _, row_stats in results for s in row_stats):
-                        tally.passes += stats.main_passes
-                        tally.drafted += stats.drafted
-                        tally.accepted += stats.accepted
+                    tally.tokens = [r.tokens for r in results]
+                    tally.passes = sum(r.stats.main_passes for r in results)
+                    tally.drafted = sum(r.stats.drafted for r in results)
+                    tally.accepted = sum(r.stats.accepted for r in results)
         plain = tallies["greedy"]
         for name, tally in tallies.items():
             wall = min(tally.wall_s)

@@ -171,11 +171,7 @@ class SpeculativeWhisper:
         if speculative:
             assert self.assistant is not None
             own = states.assistant if states.assistant is not None else states.main
-            policy: LengthPolicy = (
-                CostModelPolicy(self.costs(), batch)
-                if draft_length is None
-                else DraftLengthPolicy(batch, draft_length, adaptive)
-            )
+            policy = self.length_policy(batch, draft_length, adaptive)
             drafter = AssistantDrafter(self.assistant, self.assistant.new_cache(own, cache), policy)
         tokens, stats = generate(
             self.main,
@@ -192,6 +188,12 @@ class SpeculativeWhisper:
             Transcription(self.text(t), t, lang, s)
             for t, lang, s in zip(tokens, languages, stats, strict=True)
         ]
+
+    def length_policy(self, batch: int, draft_length: int | None, adaptive: bool) -> LengthPolicy:
+        """How long each pass drafts: the cost model, or `draft_length` (+2/-1 when `adaptive`)."""
+        if draft_length is None:
+            return CostModelPolicy(self.costs(), batch)
+        return DraftLengthPolicy(batch, draft_length, adaptive)
 
     def _detect_language(self, cache, batch: int) -> list[str]:
         """Whisper's language detection: the most likely language token after `<|startoftranscript|>`."""
