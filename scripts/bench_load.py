@@ -62,7 +62,9 @@ WAYS = {"users": "ClipUser", "batch": "ClipBatchUser"}
 
 
 @contextmanager
-def embedded_server(main: Path, assistant: Path, precision: str, log_file: Path) -> Iterator[TritonServer]:
+def embedded_server(
+    main: Path, assistant: Path, precision: str, log_file: Path, cpu_turns: str = "auto"
+) -> Iterator[TritonServer]:
     """A tritonserver on free ports serving a copy of model_repository/ pointed at these models.
 
     A copy, as the test fixtures do, so the checkout's configuration is neither used nor changed.
@@ -73,7 +75,8 @@ def embedded_server(main: Path, assistant: Path, precision: str, log_file: Path)
     with tempfile.TemporaryDirectory(prefix="spec_whisper_bench_") as tmp:
         repository = Path(tmp) / "model_repository"
         shutil.copytree(REPO / "model_repository", repository, ignore=shutil.ignore_patterns("__pycache__"))
-        write_repository(repository, main.resolve(), assistant.resolve(), precision, max_audio_seconds=600)
+        models = (main.resolve(), assistant.resolve())
+        write_repository(repository, *models, precision, max_audio_seconds=600, cpu_turns=cpu_turns)
         server = TritonServer(repository, http_port=0, grpc_port=0, metrics_port=0, log_file=log_file)
         with server:
             yield server
@@ -392,7 +395,7 @@ def markdown(
     return "\n".join(
         [
             f"\n## Load test (Triton, {dt.date.today().isoformat()}, whisper-base {args.precision} "
-            f"+ `{args.assistant.name}`, CPU)\n",
+            f"+ `{args.assistant.name}`, CPU, cpu_turns {args.cpu_turns})\n",
             f"Command: `{command}`\n",
             f"Machine: {machine}\n",
             f"Clips: {args.corpus} set of the shared speech folder, sent as 16 kHz samples with their "
@@ -442,6 +445,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--main", type=Path, default=REPO / "models" / "whisper-base")
     parser.add_argument("--assistant", type=Path, default=REPO / "models" / "whisper-base-assistant")
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    parser.add_argument(
+        "--cpu-turns",
+        choices=["auto", "off"],
+        default="auto",
+        help="the encoder and decoder steps take turns on the cores (auto) or run at once (off)",
+    )
     parser.add_argument("--url", help="use this running server (gRPC host:port) instead; no RSS then")
     parser.add_argument("--out-dir", type=Path, default=REPO / "loadtest" / "results")
     parser.add_argument("--record", type=Path, help="append the markdown section to this file")
@@ -492,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_matrix(args.url, args, None)
     else:
         log = out_dir / "tritonserver.log"
-        with embedded_server(args.main, args.assistant, args.precision, log) as server:
+        with embedded_server(args.main, args.assistant, args.precision, log, args.cpu_turns) as server:
             assert server.process is not None
             warm_up(server.grpc_url, args.speech_dir)
             sampler = RssSampler(server.process.pid)

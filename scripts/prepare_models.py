@@ -97,7 +97,12 @@ def as_parameter(path: Path | None, repository: Path) -> str:
 
 
 def write_repository(
-    repository: Path, main: Path, assistant: Path | None, precision: str, max_audio_seconds: float
+    repository: Path,
+    main: Path,
+    assistant: Path | None,
+    precision: str,
+    max_audio_seconds: float,
+    cpu_turns: str = "auto",
 ) -> None:
     """Rewrite the settings in the repository's config.pbtxt files, leaving everything else as it is."""
     settings = {
@@ -105,6 +110,7 @@ def write_repository(
         "assistant_model": as_parameter(assistant, repository),
         "precision": precision,
         "max_audio_seconds": f"{max_audio_seconds:g}",
+        "cpu_turns": cpu_turns,
     }
     for model in ("whisper_features", "whisper_encoder", "whisper_decoder"):
         path = repository / model / "config.pbtxt"

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .core_turns import CoreTurns
 from .cost_model import DecoderCosts
 from .decoder import WhisperDecoderRunner, shared_cross_attention
 from .drafters import AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
@@ -45,13 +46,16 @@ class SpeculativeWhisper:
         device: str = "cpu",
         stages: Collection[str] = STAGES,
         int8_assistant: bool = True,
+        turns: CoreTurns | None = None,
     ) -> None:
         """`int8_assistant`: run the assistant's products in int8 where the device has them (x86
-        CPUs): drafts need not be exact, the main model checks each one in fp32."""
+        CPUs): drafts need not be exact, the main model checks each one in fp32. `turns`: share the
+        CPU's cores with other processes' stages by taking turns (serving on CPU; `core_turns`)."""
         if unknown := set(stages) - STAGES:
             raise ValueError(f"unknown stages {sorted(unknown)}; expected a subset of {sorted(STAGES)}")
         self.stages = frozenset(stages)
         self.models = models
+        self.turns = turns or CoreTurns()
         self.device = torch.device(device)
         self.tokens = SpecialTokens.from_generation_config(models.generation_config)
         self.tokenizer = models.tokenizer
@@ -76,6 +80,11 @@ class SpeculativeWhisper:
                 )
         if self.stages != STAGES:
             _release_unused(models, self.stages)
+        if "encoder" in self.stages and self.turns.path is not None:
+            for model in (models.main, models.assistant if models.assistant_has_encoder else None):
+                if model is not None:
+                    encoder = model.model.encoder
+                    self.turns.per_module([encoder.conv1, encoder.conv2, *encoder.layers])
         self.filters: list[LogitFilter] = [
             SuppressTokens(self.tokens.suppress),
             SuppressAtBegin(self.tokens.begin_suppress),
@@ -91,18 +100,20 @@ class SpeculativeWhisper:
         assistant_encoder: AssistantEncoder = "auto",
         stages: Collection[str] = STAGES,
         int8_assistant: bool = True,
+        turns: CoreTurns | None = None,
     ) -> SpeculativeWhisper:
         """`stages`: what this process runs. A Triton encoder step loads with {"encoder"} and keeps no
         decoder weights; a decoder step with {"decoder"} keeps no encoder."""
         models = load_models(main, assistant, precision, device, assistant_encoder)
-        return cls(models, device, stages, int8_assistant)
+        return cls(models, device, stages, int8_assistant, turns)
 
     def costs(self) -> DecoderCosts:
         """Measured pass costs that pick the draft length (timed on first use: a few seconds)."""
         if self._costs is None:
             assert self.main is not None, "no decoder stage"
             frames = self.models.main.config.max_source_positions
-            self._costs = DecoderCosts.measure(self.main, self.assistant, frames)
+            with self.turns():  # timed on cores no other stage is using
+                self._costs = DecoderCosts.measure(self.main, self.assistant, frames)
         return self._costs
 
     def check_language(self, language: str | None) -> None:
@@ -118,10 +129,11 @@ class SpeculativeWhisper:
         if "encoder" not in self.stages:
             raise RuntimeError("this engine was loaded without its encoder stage")
         dtype = self.models.main.dtype
-        states = self.models.main.model.encoder(mel.to(self.device, dtype)).last_hidden_state
-        if not self.models.assistant_has_encoder:
-            return EncoderStates(states)
-        own = self.models.assistant.model.encoder(mel.to(self.device, dtype)).last_hidden_state
+        with self.turns.release_after():  # each layer is a turn of its own (see __init__)
+            states = self.models.main.model.encoder(mel.to(self.device, dtype)).last_hidden_state
+            if not self.models.assistant_has_encoder:
+                return EncoderStates(states)
+            own = self.models.assistant.model.encoder(mel.to(self.device, dtype)).last_hidden_state
         return EncoderStates(states, own)
 
     @torch.inference_mode()
@@ -157,10 +169,12 @@ class SpeculativeWhisper:
     ) -> list[Transcription]:
         began = time.perf_counter()
         batch = len(options)
-        cache = self.main.new_cache(states.main)
+        with self.turns():
+            cache = self.main.new_cache(states.main)
         languages, cached = [o.language or "en" for o in options], 0
         if self.tokens.multilingual and any(o.language is None for o in options):
-            detected = self._detect_language(cache, batch)
+            with self.turns():
+                detected = self._detect_language(cache, batch)
             languages = [o.language or d for o, d in zip(options, detected, strict=True)]
             cached = 1
         prompt = torch.tensor(
@@ -172,7 +186,9 @@ class SpeculativeWhisper:
             assert self.assistant is not None
             own = states.assistant if states.assistant is not None else states.main
             policy = self.length_policy(batch, draft_length, adaptive)
-            drafter = AssistantDrafter(self.assistant, self.assistant.new_cache(own, cache), policy)
+            with self.turns():
+                assistant_cache = self.assistant.new_cache(own, cache)
+            drafter = AssistantDrafter(self.assistant, assistant_cache, policy)
         tokens, stats = generate(
             self.main,
             cache,
@@ -180,6 +196,7 @@ class SpeculativeWhisper:
             self.filters,
             self.tokens.end_of_text,
             drafter,
+            self.turns,
         )
         elapsed = time.perf_counter() - began
         for s in stats:

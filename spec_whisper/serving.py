@@ -8,9 +8,11 @@ model.py maps that to INVALID_ARG.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -22,6 +24,7 @@ import torch
 
 from spec_whisper.audio import SAMPLE_RATE, decode_audio, prepare_pcm
 from spec_whisper.chunking import Window, merge_segments, split_windows
+from spec_whisper.core_turns import CoreTurns
 from spec_whisper.engine import EncoderStates, SpeculativeWhisper
 from spec_whisper.types import DecodingOptions, DecodingStats, Transcription
 
@@ -31,6 +34,7 @@ __all__ = [
     "Cancelled",
     "DecoderMetrics",
     "RequestRows",
+    "core_turns",
     "decode_options",
     "decode_requests",
     "device_for",
@@ -263,6 +267,20 @@ def set_cpu_threads(params: dict[str, str]) -> int:
     threads = int(params.get("cpu_threads", "0")) or (os.cpu_count() or 1)
     torch.set_num_threads(threads)
     return threads
+
+
+def core_turns(params: dict[str, str], model_dir: str | Path, device: str) -> CoreTurns:
+    """How this instance shares the CPU with the ensemble's other stages (`core_turns`): `cpu_turns`
+    "auto" (the default) takes turns with every CPU instance of the same model repository, "off"
+    does not, and any other value names the lock file to take turns on. GPU instances never do."""
+    setting = params.get("cpu_turns", "auto").strip()
+    if device != "cpu" or setting.lower() == "off":
+        return CoreTurns()
+    if setting.lower() != "auto":
+        return CoreTurns(resolve_path(setting, model_dir))
+    repository = str(Path(model_dir).resolve().parent)
+    digest = hashlib.sha256(repository.encode()).hexdigest()[:16]
+    return CoreTurns(Path(tempfile.gettempdir()) / f"spec_whisper-turns-{digest}.lock")
 
 
 def device_for(instance_kind: str, device_id: str | int) -> str:

@@ -8,6 +8,8 @@ advance by different amounts and never wait for each other, and a finished row l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -40,8 +42,10 @@ def generate(
     filters: list[LogitFilter],
     end_of_text: int,
     drafter: Drafter | None = None,
+    turn: Callable[[], AbstractContextManager] = nullcontext,
 ) -> tuple[list[list[int]], list[DecodingStats]]:
-    """Greedy tokens (prompt and end-of-text excluded) and statistics for every row."""
+    """Greedy tokens (prompt and end-of-text excluded) and statistics for every row. Each pass's
+    drafting and verification run as one `turn` on the device (`core_turns.CoreTurns`)."""
     batch, prompt_len = request.prompt.shape
     seq = torch.zeros(batch, main.max_positions + 1, dtype=torch.long)
     seq[:, :prompt_len] = request.prompt
@@ -54,14 +58,16 @@ def generate(
     pending = prompt_len - request.cached
     while rows.numel():
         filter_at = partial(_filter_at, filters, length - prompt_len)
-        # 1. Draft, never past the last cache slot.
-        room = main.max_positions - int(length.max())
-        draft = drafter.propose(seq, length, room, filter_at) if drafter else seq.new_empty(len(rows), 0)
-        k = draft.shape[1]
-        # 2. Verify the pending token(s) plus the drafts in one forward.
-        start = length - pending
-        tokens = torch.cat([seq.gather(1, start[:, None] + torch.arange(pending)), draft], dim=1)
-        greedy = main.greedy(tokens, start, cache, partial(filter_at, offset=torch.arange(k + 1)), k + 1)
+        with turn():
+            # 1. Draft, never past the last cache slot.
+            room = main.max_positions - int(length.max())
+            draft = drafter.propose(seq, length, room, filter_at) if drafter else seq.new_empty(len(rows), 0)
+            k = draft.shape[1]
+            # 2. Verify the pending token(s) plus the drafts in one forward.
+            start = length - pending
+            tokens = torch.cat([seq.gather(1, start[:, None] + torch.arange(pending)), draft], dim=1)
+            mask = partial(filter_at, offset=torch.arange(k + 1))
+            greedy = main.greedy(tokens, start, cache, mask, k + 1)
         # 3. Each row keeps its drafts up to its first mismatch, plus the main model's next token.
         n_accepted = (draft == greedy[:, :k]).cumprod(dim=1).sum(dim=1)
         seq.scatter_(1, length[:, None] + torch.arange(k + 1), greedy)

@@ -22,7 +22,8 @@ class TritonPythonModel:
         serving.set_cpu_threads(params)
         self.device = serving.device_for(args["model_instance_kind"], args["model_instance_device_id"])
         settings = serving.engine_arguments(params, args["model_repository"])
-        self.engine = SpeculativeWhisper.load(**settings, device=self.device, stages={"decoder"})
+        turns = serving.core_turns(params, args["model_repository"], self.device)
+        self.engine = SpeculativeWhisper.load(**settings, device=self.device, stages={"decoder"}, turns=turns)
         if self.engine.assistant is not None:
             self.engine.costs()  # time the decoder passes now rather than during the first request
         # Custom metrics on Triton's metrics port, next to its own per-model counters.

@@ -22,7 +22,8 @@ class TritonPythonModel:
         serving.set_cpu_threads(params)
         self.device = serving.device_for(args["model_instance_kind"], args["model_instance_device_id"])
         settings = serving.engine_arguments(params, args["model_repository"])
-        self.engine = SpeculativeWhisper.load(**settings, device=self.device, stages={"encoder"})
+        turns = serving.core_turns(params, args["model_repository"], self.device)
+        self.engine = SpeculativeWhisper.load(**settings, device=self.device, stages={"encoder"}, turns=turns)
         self.per_pass = int(params.get("max_windows_per_pass", "16"))
 
     def _mel(self, request) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""Serving stages in separate processes take turns on a CPU's cores.
+
+Triton runs each model of the ensemble in its own process, and each process's torch keeps an
+OpenMP team as wide as the machine. When one request's encoder and another's decoder run at once,
+two teams share the cores, and every parallel region of either ends at a barrier that waits for a
+team mate the scheduler has put aside: measured on 2 cores, a decoder beside a running encoder was
+4-5x slower than alone, and the pair took longer than running one after the other. Taking turns
+(an exclusive lock on a file both processes open) runs one stage's work at a time on every core,
+which is what a GPU does with two processes' kernels anyway. The turns are short so that neither
+stage waits long: an encoder layer, or one decoder pass (drafts and verification).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from torch import nn
+
+__all__ = ["CoreTurns"]
+
+
+class CoreTurns:
+    """`with turns():` runs its block while no other process holding a `CoreTurns` on the same
+    `path` runs one. Without a path every turn is granted at once (a GPU, or one process alone)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        self._fd = None if self.path is None else os.open(self.path, os.O_CREAT | os.O_RDWR, 0o666)
+        self.taken = 0  # turns taken by this process
+        self.waited_s = 0.0  # time spent waiting for them
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _acquire(self) -> None:
+        if self._fd is None:
+            return
+        began = time.perf_counter()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self.waited_s += time.perf_counter() - began
+        self.taken += 1
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def per_module(self, modules: Iterable[nn.Module]) -> None:
+        """Each forward of each module (an encoder's layers) becomes a turn of its own. A module that
+        raises keeps the turn: whoever runs them must `release_after` the whole forward."""
+        for module in modules:
+            module.register_forward_pre_hook(lambda *_: self._acquire())
+            module.register_forward_hook(lambda *_: self._release())
+
+    @contextmanager
+    def release_after(self) -> Iterator[None]:
+        """Give back a turn that `per_module` hooks left held when a forward raised."""
+        try:
+            yield
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
