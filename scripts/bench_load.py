@@ -119,8 +119,10 @@ class RssSampler:
 
 
 def machine_state() -> dict[str, Any]:
-    """The 1-minute load average and other python/tritonserver processes (not ours): is it quiet?"""
-    ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+    """The 1-minute load average and other python/tritonserver processes (not ours, nor the ones that
+    launched us, such as `timeout`): is it quiet?"""
+    me = psutil.Process()
+    ours = {me.pid, *(p.pid for p in me.children(recursive=True)), *(p.pid for p in me.parents())}
     others = []
     for proc in psutil.process_iter(["pid", "name", "cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
