@@ -29,12 +29,14 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -204,6 +206,17 @@ def inference_statistics(url: str) -> dict[str, StageStats]:
     return stats
 
 
+def decoder_turn_wait_s(metrics_url: str | None) -> float:
+    """Seconds the decoder has waited for its turn on the cores (core_turns), from the metrics port;
+    NaN without one (a server given by --url)."""
+    if metrics_url is None:
+        return float("nan")
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    found = re.findall(r"^spec_whisper_decoder_turn_wait_seconds_total\{[^}]*\} (\S+)$", text, re.MULTILINE)
+    return sum(float(value) for value in found)
+
+
 # --- one cell ------------------------------------------------------------------------------------
 
 
@@ -277,12 +290,17 @@ def summarise(cell: Cell, records: list[dict[str, Any]], exit_code: int) -> dict
 
 
 def run_cell(
-    cell: Cell, url: str, args: argparse.Namespace, out_dir: Path, rss: RssSampler | None
+    cell: Cell,
+    url: str,
+    args: argparse.Namespace,
+    out_dir: Path,
+    rss: RssSampler | None,
+    metrics_url: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, StageStats]]:
     record = out_dir / "requests" / f"{cell.key}.jsonl"
     record.unlink(missing_ok=True)
     command = locust_command(cell, url, args, record)
-    before = inference_statistics(url)
+    before, waited_before = inference_statistics(url), decoder_turn_wait_s(metrics_url)
     log = out_dir / "locust" / f"{cell.key}.log"
     with log.open("w") as log_handle:
         if rss is not None:
@@ -290,7 +308,7 @@ def run_cell(
                 code = subprocess.run(command, stdout=log_handle, stderr=subprocess.STDOUT).returncode
         else:
             code = subprocess.run(command, stdout=log_handle, stderr=subprocess.STDOUT).returncode
-    after = inference_statistics(url)
+    after, waited = inference_statistics(url), decoder_turn_wait_s(metrics_url) - waited_before
     stages = {name: after[name].minus(before.get(name, StageStats())) for name in after}
     row = summarise(cell, read_records(record), code)
     if code != 0 or row["requests"] == 0:
@@ -300,6 +318,8 @@ def run_cell(
     row["decoder_avg_batch"] = decoder["avg_batch"]
     row["decoder_queue_ms"] = decoder["queue_ms_per_request"]
     row["decoder_compute_ms_per_batch"] = decoder["compute_ms_per_batch"]
+    # Triton's compute time includes waiting for the encoder's turns on the cores; this much of it was.
+    row["decoder_turn_wait_ms_per_batch"] = waited * 1e3 / max(int(decoder["executions"]), 1)
     row["server_failures"] = sum(s.failures for s in stages.values())
     return row, stages
 
@@ -360,6 +380,10 @@ def _percent(value: float) -> str:
     return "-" if np.isnan(value) else f"{value:.1%}"
 
 
+def _number(value: float) -> str:
+    return "-" if np.isnan(value) else f"{value:.0f}"
+
+
 def markdown(
     rows: list[dict[str, Any]],
     command: str,
@@ -370,8 +394,9 @@ def markdown(
 ) -> str:
     table = [
         "| way | N | decoding | requests | clips | errors | p50 s | p90 s | p99 s | req/s | clips/s | RTFx "
-        "| acceptance | decoder batch | decoder queue ms | decoder ms/batch | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| acceptance | decoder batch | decoder queue ms | decoder ms/batch | of which turn wait ms "
+        "| peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         table.append(
@@ -379,7 +404,8 @@ def markdown(
             f"| {r['p50_s']:.2f} | {r['p90_s']:.2f} | {r['p99_s']:.2f} | {r['requests_per_s']:.3f} "
             f"| {r['clips_per_s']:.3f} | {r['rtfx']:.2f} | {_percent(r['acceptance'])} "
             f"| {r['decoder_avg_batch']:.1f} | {r['decoder_queue_ms']:.0f} "
-            f"| {r['decoder_compute_ms_per_batch']:.0f} | {r['peak_rss_mb']:.0f} |"
+            f"| {r['decoder_compute_ms_per_batch']:.0f} | {_number(r['decoder_turn_wait_ms_per_batch'])} "
+            f"| {r['peak_rss_mb']:.0f} |"
         )
     speedups = []
     for r in rows:
@@ -408,7 +434,8 @@ def markdown(
             f"concurrent single-clip calls (the server takes one clip per request, docs/api.md); its "
             f"latency lasts until the last clip is back. Decoder columns are the `whisper_decoder` "
             f"step alone, from Triton's statistics API (difference over the cell): requests per "
-            f"execution, queue time per request, compute time per executed batch.\n",
+            f"execution, queue time per request, compute time per executed batch and how much of that "
+            f"the decoder spent waiting for the encoder's turn on the cores (cpu_turns).\n",
             *table,
             "",
             "Speculative over plain, same cell: " + ("; ".join(speedups) or "(only one mode run)") + ".",
@@ -459,7 +486,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_matrix(url: str, args: argparse.Namespace, server_pid: int | None) -> list[dict[str, Any]]:
+def run_matrix(
+    url: str, args: argparse.Namespace, server_pid: int | None, metrics_url: str | None = None
+) -> list[dict[str, Any]]:
     out_dir: Path = args.out_dir
     rows: list[dict[str, Any]] = []
     stage_rows: list[dict[str, Any]] = []
@@ -473,7 +502,7 @@ def run_matrix(url: str, args: argparse.Namespace, server_pid: int | None) -> li
     ]
     for i, cell in enumerate(cells, 1):
         print(f"[{i}/{len(cells)}] {cell.key} ...", file=sys.stderr, flush=True)
-        row, stages = run_cell(cell, url, args, out_dir, rss)
+        row, stages = run_cell(cell, url, args, out_dir, rss, metrics_url)
         rows.append(row)
         stage_rows += [{"cell": cell.key, "model": name, **s.summary()} for name, s in stages.items()]
         print(
@@ -508,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             warm_up(server.grpc_url, args.speech_dir)
             sampler = RssSampler(server.process.pid)
             rss_mb["start"] = sampler.current_bytes() / 2**20
-            rows = run_matrix(server.grpc_url, args, server.process.pid)
+            rows = run_matrix(server.grpc_url, args, server.process.pid, server.metrics_url)
             rss_mb["end"] = sampler.current_bytes() / 2**20
             rss_mb["peak"] = max(r["peak_rss_mb"] for r in rows)
 

@@ -350,6 +350,10 @@ class DecoderMetrics:
         }
         rate_help = "accepted / drafted tokens of the last request that drafted"
         self.families["rate"] = family("spec_whisper_acceptance_rate", rate_help, family.GAUGE)
+        wait_help = "seconds the decoder waited for its turn on the CPU cores (core_turns)"
+        self.families["turn_wait"] = family(
+            "spec_whisper_decoder_turn_wait_seconds_total", wait_help, family.COUNTER
+        )
         self.metrics = {key: f.Metric(labels=labels) for key, f in self.families.items()}
 
     def record(self, stats: np.ndarray, windows: int) -> None:
@@ -359,6 +363,11 @@ class DecoderMetrics:
             self.metrics[key].increment(value)
         if drafted:
             self.metrics["rate"].set(accepted / drafted)
+
+    def record_turn_wait(self, seconds: float) -> None:
+        """Time a batch waited for the cores while another stage had its turn (part of its compute
+        time in Triton's statistics, which cannot tell the two apart)."""
+        self.metrics["turn_wait"].increment(seconds)
 
     def close(self) -> None:
         # Metrics must be released before their families (the backend refuses the other order).

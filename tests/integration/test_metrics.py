@@ -1,4 +1,5 @@
-"""The decoder's speculative-decoding counters reach Triton's metrics port."""
+"""The decoder's speculative-decoding counters, and the time it waited for its turn on the cores,
+reach Triton's metrics port."""
 
 from __future__ import annotations
 
@@ -43,3 +44,6 @@ def test_custom_metrics(triton_server: Any, triton_url: str, speech_dir: Path) -
         "spec_whisper_windows_total": 1,
     }
     assert 0.0 <= after["spec_whisper_acceptance_rate"] <= 1.0
+    # The test server runs on CPU, where the stages take turns; a lone request may wait for none.
+    wait = "spec_whisper_decoder_turn_wait_seconds_total"
+    assert 0.0 <= before.get(wait, 0.0) <= after[wait] < 600

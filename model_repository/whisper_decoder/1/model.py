@@ -42,7 +42,9 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         responses, batch = serving.parse_each(pb_utils, requests, self._rows)
+        waited = self.engine.turns.waited_s
         outcomes = serving.decode_requests(self.engine, list(batch.values()))
+        self.metrics.record_turn_wait(self.engine.turns.waited_s - waited)
         for i, outcome in zip(batch, outcomes, strict=True):
             try:
                 if isinstance(outcome, Exception):
