@@ -68,8 +68,3 @@ class CoreTurns:
             yield
         finally:
             self._release()
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
