@@ -93,13 +93,21 @@ def parse_args() -> argparse.Namespace:
 
 
 def acceptance_by_size(
-    engine: SpeculativeWhisper, assistant_dir: Path, data: LabelledSet, order: list[int]
+    engine: SpeculativeWhisper,
+    assistant_dir: Path,
+    data: LabelledSet,
+    order: list[int],
+    own_language: list[int] | None = None,
 ) -> dict[str, float]:
+    """Held-out acceptance with the shared shortlist's prefixes, the full head, and the language's
+    own shortlist (`own_language`, from `shortlist.json`) where the assistant has one."""
     from transformers import WhisperForCausalLM
 
     hf = WhisperForCausalLM.from_pretrained(assistant_dir).eval()
     shortlists: dict[str, list[int] | None] = {f"{n // 1024}k": order[:n] for n in SIZES if n <= len(order)}
     shortlists["full"] = None
+    if own_language is not None:
+        shortlists[f"{len(own_language) // 1024}k own language"] = own_language
     return evaluate_acceptance(hf, data, engine, shortlists)
 
 
@@ -120,30 +128,42 @@ def step_ms(runner, states: torch.Tensor, width: int = 1, repeats: int = 30, mai
 
 
 def time_decoding(
-    engine: SpeculativeWhisper, pcm: list[np.ndarray], languages: list[str], repeats: int
+    engine: SpeculativeWhisper,
+    pcm: list[np.ndarray],
+    languages: list[str],
+    repeats: int,
+    shared: SpeculativeWhisper | None = None,
 ) -> dict[str, float]:
-    """Batch-1 decoding time (min over repeats, interleaved) per mode, summed over the clips."""
+    """Batch-1 decoding time (min over repeats, interleaved) per mode, summed over the clips: greedy,
+    speculative, and speculative drafting from the shared shortlist (`shared`: the same models without
+    the per-language shortlists)."""
     totals = {"greedy_s": 0.0, "speculative_s": 0.0, "tokens": 0, "drafted": 0, "accepted": 0, "passes": 0}
+    modes = {"greedy": (engine, False), "speculative": (engine, True)}
+    if shared is not None:
+        modes["speculative_shared"] = (shared, True)
+        totals["speculative_shared_s"] = 0.0
     mismatches = 0
     for clip, lang in zip(pcm, languages, strict=True):
         states = engine.encode(engine.log_mel([clip]))
-        best = {False: float("inf"), True: float("inf")}
+        best = dict.fromkeys(modes, float("inf"))
         outputs = {}
         for _ in range(repeats):
-            for speculative in (False, True):
-                result = engine.decode(states, [DecodingOptions(lang, speculative=speculative)])[0]
-                best[speculative] = min(best[speculative], result.stats.decode_s)
-                outputs[speculative] = result
-        mismatches += outputs[True].tokens != outputs[False].tokens
-        stats = outputs[True].stats
-        totals["greedy_s"] += best[False]
-        totals["speculative_s"] += best[True]
-        totals["tokens"] += len(outputs[True].tokens) + 1  # end-of-text is decoded too
+            for mode, (decoder, speculative) in modes.items():
+                result = decoder.decode(states, [DecodingOptions(lang, speculative=speculative)])[0]
+                best[mode] = min(best[mode], result.stats.decode_s)
+                outputs[mode] = result
+        mismatches += any(r.tokens != outputs["greedy"].tokens for r in outputs.values())
+        stats = outputs["speculative"].stats
+        for mode in modes:
+            totals[f"{mode}_s"] += best[mode]
+        totals["tokens"] += len(outputs["greedy"].tokens) + 1  # end-of-text is decoded too
         totals["drafted"] += stats.drafted
         totals["accepted"] += stats.accepted
         totals["passes"] += stats.main_passes
     totals["identical"] = mismatches == 0
     totals["speedup"] = totals["greedy_s"] / totals["speculative_s"]
+    if shared is not None:
+        totals["speedup_shared"] = totals["greedy_s"] / totals["speculative_shared_s"]
     totals["engine_acceptance"] = totals["accepted"] / max(1, totals["drafted"])
     return totals
 
@@ -237,6 +257,13 @@ def main() -> int:
     config = DistilConfig.from_dict(summary["settings"])
     engine = SpeculativeWhisper.load(args.main, args.assistant)
     plain = SpeculativeWhisper.load(args.main)
+    by_language = json.loads((args.assistant / "shortlist.json").read_text()).get("by_language", {})
+    # The same models drafting every language from the shared shortlist, for the side-by-side.
+    shared = (
+        SpeculativeWhisper(dataclasses.replace(engine.models, assistant_language_shortlists={}))
+        if by_language
+        else None
+    )
     report: dict = {"threads": threads, "load_before": load_before, "main": str(args.main)}
 
     # Parameters: the assistant's own (layers + final norm; embeddings are the main model's).
@@ -278,11 +305,11 @@ def main() -> int:
     for group in [] if args.skip_groups else args.groups or groups:
         rows = [i for i, c in enumerate(heldout.clips) if c["language"] == group]
         data = heldout.subset(rows)
-        accept = acceptance_by_size(plain, args.assistant, data, order)
+        accept = acceptance_by_size(plain, args.assistant, data, order, by_language.get(group))
         keys = set(data_keys := [c["key"] for c in data.clips])
         clips = [c for c in heldout_clips if c.key in keys]
         clips.sort(key=lambda c: data_keys.index(c.key))
-        timing = time_decoding(engine, [c.load() for c in clips], [group] * len(clips), args.repeats)
+        timing = time_decoding(engine, [c.load() for c in clips], [group] * len(clips), args.repeats, shared)
         costs = cost_model(engine, timing, draft_ms, main_ms)
         report["groups"][group] = {"clips": len(clips), "acceptance": accept, "timing": timing, "cost": costs}
         name = "LibriSpeech test-other (held-out speakers)" if group == "en" else f"FLEURS {group}"
@@ -293,6 +320,11 @@ def main() -> int:
             f"speculative {timing['speculative_s']:.2f} s -> {timing['speedup']:.2f}x, "
             f"tokens identical: {timing['identical']}"
         )
+        if shared is not None:
+            print(
+                f"drafting from the shared shortlist instead of the language's own: "
+                f"{timing['speculative_shared_s']:.2f} s -> {timing['speedup_shared']:.2f}x"
+            )
         print(
             f"engine acceptance (accepted/drafted) {timing['engine_acceptance']:.1%}; "
             f"{costs['tokens_per_pass']:.2f} tokens and {costs['drafts_per_pass']:.2f} drafts per verify pass"

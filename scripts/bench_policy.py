@@ -83,9 +83,9 @@ class CountingRunner:
                 counter.seconds += costs.verify_s(tokens.shape[0], last)
             return counter._greedy(runner, tokens, start, cache, mask, last)
 
-        def draft(runner, tokens, start, cache, mask):
+        def draft(runner, tokens, start, cache, mask, head=None):
             counter.seconds += costs.draft_s(tokens.shape[0])
-            return counter._draft(runner, tokens, start, cache, mask)
+            return counter._draft(runner, tokens, start, cache, mask, head)
 
         WhisperDecoderRunner.greedy, WhisperDecoderRunner.draft = greedy, draft
 

@@ -11,6 +11,7 @@ or a decoder-only `WhisperForCausalLM`) and stored for the fastest matmul path o
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from .heads import FullHead, Mask, ShortlistHead, main_head
 from .linear import FastLinear, Int8Linear, int8_available
 
 Linear = FastLinear | Int8Linear
+Head = FullHead | ShortlistHead
 
 __all__ = [
     "DecoderCache",
@@ -131,9 +133,11 @@ class WhisperDecoderRunner:
         shortlist: Tensor | None = None,
         cross_from: list[int | None] | None = None,
         int8: bool = False,
+        language_shortlists: dict[str, Tensor] | None = None,
     ) -> None:
         """`shortlist`: token ids the output projection is restricted to (an assistant's cheap
-        `ShortlistHead`); without one, the main model's exact head. `int8`: approximate int8 products
+        `ShortlistHead`); without one, the main model's exact head. `language_shortlists`: more such
+        heads, one per language (`head_for`). `int8`: approximate int8 products
         throughout, for an assistant, whose drafts need not be exact (x86 CPUs; fp32 elsewhere).
         `cross_from[i]`: the main decoder layer whose cross-attention cache layer `i` reads
         (`shared_cross_attention`); `new_cache` then takes that cache instead of computing one."""
@@ -151,12 +155,15 @@ class WhisperDecoderRunner:
         self.vocab_size = output_weight.shape[0]
         self.output_weight = output_weight.detach()
         self.shortlist = shortlist
-        self.head: FullHead | ShortlistHead
+        self.head: Head
         if shortlist is None and not int8:
             self.head = main_head(output_weight)
         else:
             every = torch.arange(self.vocab_size) if shortlist is None else shortlist
             self.head = ShortlistHead(output_weight, every, int8)
+        self.language_heads = {
+            lang: ShortlistHead(output_weight, ids, int8) for lang, ids in (language_shortlists or {}).items()
+        }
         int8 = int8 and int8_available(output_weight)
         linear = Int8Linear if int8 else FastLinear
         self.int8 = int8
@@ -217,10 +224,21 @@ class WhisperDecoderRunner:
         has forbidden what the logit filters forbid; the head may skip logits that cannot win."""
         return self.head.greedy(self.states(tokens, start, cache)[:, -last:], mask)
 
-    def draft(self, tokens: Tensor, start: Tensor, cache: DecoderCache, mask: Mask) -> tuple[Tensor, Tensor]:
-        """The greedy token `[B, 1]` after `tokens` (as `greedy` with `last=1`) and its probability `[B]`."""
-        token, probability = self.head.draft(self.states(tokens, start, cache)[:, -1:], mask)
+    def draft(
+        self, tokens: Tensor, start: Tensor, cache: DecoderCache, mask: Mask, head: Head | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The greedy token `[B, 1]` after `tokens` (as `greedy` with `last=1`, from `head` or the
+        decoder's own) and its probability `[B]`."""
+        token, probability = (head or self.head).draft(self.states(tokens, start, cache)[:, -1:], mask)
         return token, probability[:, 0]
+
+    def head_for(self, languages: Collection[str]) -> Head:
+        """The head to draft rows of these languages with: their language's own shortlist when they
+        share one, else the shortlist every language shares."""
+        distinct = set(languages)
+        if len(distinct) == 1 and (language := distinct.pop()) in self.language_heads:
+            return self.language_heads[language]
+        return self.head
 
     def states(self, tokens: Tensor, start: Tensor, cache: DecoderCache) -> Tensor:
         """Final (normed) decoder states `[B, T, d_model]`, writing the tokens' keys/values to `cache`."""

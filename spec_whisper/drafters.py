@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .cost_model import DecoderCosts, best_draft_length, best_extension
-from .decoder import DecoderCache, WhisperDecoderRunner
+from .decoder import DecoderCache, Head, WhisperDecoderRunner
 
 __all__ = ["MAX_DRAFT", "AssistantDrafter", "CostModelPolicy", "DraftLengthPolicy", "Drafter", "LengthPolicy"]
 
@@ -116,11 +116,19 @@ class AssistantDrafter:
     the main model committed since (one, or two after a fully accepted draft). Feeding the same
     window width to every row re-writes a few already-valid slots, which is cheaper than padding.
     The policy decides after every draft whether to make another, given the assistant's
-    probabilities for the tokens drafted so far.
+    probabilities for the tokens drafted so far. `head`: the runner's output head to draft with
+    (`WhisperDecoderRunner.head_for` the batch's languages), by default its own.
     """
 
-    def __init__(self, runner: WhisperDecoderRunner, cache: DecoderCache, policy: LengthPolicy) -> None:
+    def __init__(
+        self,
+        runner: WhisperDecoderRunner,
+        cache: DecoderCache,
+        policy: LengthPolicy,
+        head: Head | None = None,
+    ) -> None:
         self.runner = runner
+        self.head = head
         self.cache = cache
         self.policy = policy
         self.fed = torch.zeros(cache.self_k.shape[1], dtype=torch.long)
@@ -137,7 +145,8 @@ class AssistantDrafter:
         expected = float(len(length))
         while len(drafts) < room:
             i = len(drafts)
-            tokens, probability = self.runner.draft(tokens, start, self.cache, partial(filters, offset=i))
+            mask = partial(filters, offset=i)
+            tokens, probability = self.runner.draft(tokens, start, self.cache, mask, self.head)
             drafts.append(tokens)
             start = length + i
             chain = chain * probability

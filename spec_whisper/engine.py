@@ -76,7 +76,12 @@ class SpeculativeWhisper:
                 )
                 head = models.assistant.proj_out.weight
                 self.assistant = WhisperDecoderRunner(
-                    decoder, head, models.assistant_shortlist, shared, int8_assistant
+                    decoder,
+                    head,
+                    models.assistant_shortlist,
+                    shared,
+                    int8_assistant,
+                    models.assistant_language_shortlists,
                 )
         if self.stages != STAGES:
             _release_unused(models, self.stages)
@@ -188,7 +193,8 @@ class SpeculativeWhisper:
             policy = self.length_policy(batch, draft_length, adaptive)
             with self.turns():
                 assistant_cache = self.assistant.new_cache(own, cache)
-            drafter = AssistantDrafter(self.assistant, assistant_cache, policy)
+            head = self.assistant.head_for(languages)
+            drafter = AssistantDrafter(self.assistant, assistant_cache, policy, head)
         tokens, stats = generate(
             self.main,
             cache,

@@ -12,7 +12,7 @@ copies and freezes the teacher's encoder) and shares the main encoder unless tol
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -49,8 +49,10 @@ class LoadedModels:
     # True when the assistant runs its own encoder rather than reusing the main model's states.
     assistant_has_encoder: bool
     tokenizer: WhisperTokenizerFast | None
-    # Token ids the assistant's output head is restricted to (`shortlist.json` beside its weights).
+    # Token ids the assistant's output head is restricted to (`shortlist.json` beside its weights),
+    # and per language where it has them: a batch of one language drafts from that language's own.
     assistant_shortlist: torch.Tensor | None = None
+    assistant_language_shortlists: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _encoder_shape(config: WhisperConfig) -> tuple[int, ...]:
@@ -115,38 +117,45 @@ def load_models(
     dtype = PRECISIONS[precision]
     main_model = WhisperForConditionalGeneration.from_pretrained(main, dtype=dtype).to(device).eval()
     generation = main_model.generation_config
-    assistant_model, own_encoder, shortlist = None, False, None
+    assistant_model, own_encoder, shortlist, by_language = None, False, None, {}
     if assistant is not None:
         config = AutoConfig.from_pretrained(assistant)
         own_encoder = _uses_own_encoder(main_model.config, config, assistant_encoder)
         check_compatible(main_model.config, generation, config, _generation_config(assistant), own_encoder)
         kind = WhisperForConditionalGeneration if own_encoder else WhisperForCausalLM
         assistant_model = kind.from_pretrained(assistant, dtype=dtype).to(device).eval()
-        shortlist = _load_shortlist(assistant)
+        shortlist, by_language = _load_shortlists(assistant)
     try:
         tokenizer = WhisperTokenizerFast.from_pretrained(main)
     except (OSError, ValueError, TypeError):
         tokenizer = None  # tiny test models carry no tokenizer; token ids still decode exactly
-    return LoadedModels(main_model, generation, assistant_model, own_encoder, tokenizer, shortlist)
+    return LoadedModels(
+        main_model, generation, assistant_model, own_encoder, tokenizer, shortlist, by_language
+    )
 
 
 SHORTLIST_FILE = "shortlist.json"
 
 
-def _load_shortlist(source: str | Path) -> torch.Tensor | None:
+def _load_shortlists(source: str | Path) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """The assistant keeps its full head on disk (transformers loads it as usual); the engine
-    slices the head to the shortlist stored beside it, when there is one."""
+    slices the head to the shortlist stored beside it, when there is one, or to its language's."""
     path = Path(source) / SHORTLIST_FILE
     if Path(source).is_dir() and not path.is_file():
-        return None
+        return None, {}
     if not path.is_file():
         try:
             from huggingface_hub import hf_hub_download
 
             path = Path(hf_hub_download(str(source), SHORTLIST_FILE))
         except Exception:  # no such file on the hub, or no hub: the full head it is
-            return None
-    return torch.tensor(sorted(json.loads(path.read_text())["token_ids"]), dtype=torch.long)
+            return None, {}
+    stored = json.loads(path.read_text())
+
+    def ids(tokens: list[int]) -> torch.Tensor:
+        return torch.tensor(sorted(tokens), dtype=torch.long)
+
+    return ids(stored["token_ids"]), {lang: ids(t) for lang, t in stored.get("by_language", {}).items()}
 
 
 def _tiny_config(layers: int, d_model: int, **overrides: int) -> WhisperConfig:

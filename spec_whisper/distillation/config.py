@@ -40,6 +40,9 @@ class DistilConfig:
     # the shortlist saved for the engine (a prefix of the same order).
     train_vocab: int = 8192
     shortlist: int = 6144
+    # Also a shortlist per language of the training data, of the same size, with that language's
+    # everyday vocabulary (`vocabulary.word_token_order`); the engine drafts each language with its own.
+    language_shortlists: bool = True
     seed: int = 0
     # Wall-clock cap on training; a run stopped by it says so in its model card.
     max_train_s: float = 900.0

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from .labelling import LabelledSet, label_clips
 from .speech import Clip, real_clips, synthesis_texts, synthetic_clips
 from .student import _ffn_within_budget, added_parameters, build_shortlist, init_assistant
 from .training import evaluate_acceptance, train
+from .vocabulary import word_token_order
 
 # ----------------------------------------------------------------------------------------------
 # The whole recipe, with its caches and its output directory.
@@ -68,6 +70,9 @@ def distil(
 
     # 2. Shortlist and model.
     order = token_order(engine, labelled, max(config.train_vocab, config.shortlist))
+    by_language = {}
+    if config.language_shortlists:
+        by_language = language_shortlists(engine, labelled, config.shortlist)
     main = engine.models.main
     ffn = config.ffn_dim or _ffn_within_budget(main, len(config.layers), config.max_added)
     assistant = init_assistant(main, config.layers, ffn)
@@ -100,7 +105,8 @@ def distil(
     results = {"untrained_heldout_en": round(before["shortlist"], 4)}
     for lang in sorted({c["language"] for c in heldout.clips}):
         part = heldout.subset(i for i, c in enumerate(heldout.clips) if c["language"] == lang)
-        scores = evaluate_acceptance(assistant, part, engine, sizes)
+        own = {PER_LANGUAGE: by_language.get(lang, order[: config.shortlist])} if by_language else {}
+        scores = evaluate_acceptance(assistant, part, engine, {**sizes, **own})
         results[f"heldout_{lang}"] = {k: round(v, 4) for k, v in scores.items()}
     summary = {
         "finished": True,
@@ -117,12 +123,13 @@ def distil(
         "total_s": round(time.perf_counter() - began, 1),
         "acceptance": results,
         "shortlist_size": config.shortlist,
+        "language_shortlists": sorted(by_language),
         # Frequency order of the trained head: any prefix is a shortlist (the benchmark tries several).
         "token_order": order[: config.train_vocab],
         "threads": torch.get_num_threads(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    _save(assistant, order[: config.shortlist], summary, main_dir, work / "assistant")
+    _save(assistant, order[: config.shortlist], by_language, summary, main_dir, work / "assistant")
     _replace_dir(work / "assistant", out_dir)
     shutil.rmtree(work, ignore_errors=True)
     return out_dir
@@ -154,13 +161,48 @@ def labelled_data(
     return labelled, heldout
 
 
+def _required(engine: SpeculativeWhisper) -> list[int]:
+    tokens = engine.tokens
+    prompt = [*tokens.languages.values(), *tokens.tasks.values(), tokens.start_of_transcript]
+    return [tokens.end_of_text, *prompt, tokens.no_timestamps]
+
+
+def _labels(labelled: LabelledSet, language: str | None = None) -> list[torch.Tensor]:
+    return [
+        x[p:]
+        for x, p, clip in zip(labelled.inputs, labelled.prompt_lens, labelled.clips, strict=True)
+        if language is None or clip["language"] == language
+    ]
+
+
 def token_order(engine: SpeculativeWhisper, labelled: LabelledSet, size: int) -> list[int]:
     """The head's tokens in priority order: end-of-text and the prompt's tokens, then by frequency."""
-    tokens = engine.tokens
-    required = [tokens.end_of_text, *tokens.languages.values(), *tokens.tasks.values()]
-    required += [tokens.start_of_transcript, tokens.no_timestamps]
-    labels = [x[p:] for x, p in zip(labelled.inputs, labelled.prompt_lens, strict=True)]
-    return build_shortlist(labels, size, required, tokens.suppress, engine.models.main.config.vocab_size)
+    vocab = engine.models.main.config.vocab_size
+    return build_shortlist(_labels(labelled), size, _required(engine), engine.tokens.suppress, vocab)
+
+
+# The acceptance column of each language's own shortlist (`language_shortlists`).
+PER_LANGUAGE = "own language"
+
+
+def language_shortlists(engine: SpeculativeWhisper, labelled: LabelledSet, size: int) -> dict[str, list[int]]:
+    """A shortlist per language of the training windows: that language's transcripts alternating
+    with its everyday vocabulary (`word_token_order`; Whisper's BPE ids where wordfreq lacks the
+    language or the model lacks a tokenizer). The engine drafts a batch of one language with it."""
+    vocab = engine.models.main.config.vocab_size
+    tokenizer = engine.tokenizer
+    shortlists = {}
+    for language in sorted({clip["language"] for clip in labelled.clips}):
+        general = None
+        if tokenizer is not None:
+            encode = partial(tokenizer.encode, add_special_tokens=False)
+            text_tokens = engine.tokens.end_of_text
+            general = word_token_order(tokenizer.decode, encode, text_tokens, language) or None
+        labels = _labels(labelled, language)
+        shortlists[language] = build_shortlist(
+            labels, size, _required(engine), engine.tokens.suppress, vocab, general
+        )
+    return shortlists
 
 
 def _training_texts(speech_dir: Path, heldout_keys: set[str]) -> dict[str, list[str]]:
@@ -197,12 +239,20 @@ def _data_summary(labelled: LabelledSet, heldout: LabelledSet, offered: int, off
 
 
 def _save(
-    assistant: WhisperForCausalLM, shortlist: list[int], summary: dict, main_dir: Path, out: Path
+    assistant: WhisperForCausalLM,
+    shortlist: list[int],
+    by_language: dict[str, list[int]],
+    summary: dict,
+    main_dir: Path,
+    out: Path,
 ) -> None:
     shutil.rmtree(out, ignore_errors=True)
     assistant.save_pretrained(out)
     shutil.copy(main_dir / "generation_config.json", out / "generation_config.json")
-    (out / SHORTLIST_FILE).write_text(json.dumps({"token_ids": sorted(shortlist)}))
+    shortlists = {"token_ids": sorted(shortlist)}
+    if by_language:
+        shortlists["by_language"] = {lang: sorted(ids) for lang, ids in by_language.items()}
+    (out / SHORTLIST_FILE).write_text(json.dumps(shortlists))
     (out / SETTINGS_FILE).write_text(json.dumps(summary, indent=1))
     (out / "README.md").write_text(model_card(summary))
 
@@ -246,11 +296,18 @@ def model_card(summary: dict) -> str:
         if s.get("share_cross_attention")
         else "trained, so the engine computes the assistant's own cross-attention cache per request"
     )
+    languages = summary.get("language_shortlists")
+    languages = (
+        f"; a batch of one language drafts from that language's own list ({', '.join(languages)}:"
+        f' its transcripts and everyday words, column "{PER_LANGUAGE}" below)'
+        if languages
+        else ""
+    )
     return f"""# Distilled assistant for `{summary["main"]}`
 
 Decoder-only `WhisperForCausalLM` drafter for exact speculative decoding. It reads the main model's
 encoder states and shares its token and position embeddings (the output head is tied to them);
-`shortlist.json` restricts the head to {summary["shortlist_size"]} tokens when the engine loads it.
+`shortlist.json` restricts the head to {summary["shortlist_size"]} tokens when the engine loads it{languages}.
 
 Made by `scripts/distil_assistant.py` (`spec_whisper.distillation`) on {summary["created"]}
 (torch threads: {summary["threads"]}).

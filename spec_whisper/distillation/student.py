@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from itertools import chain
 
 from torch import Tensor
 from transformers import WhisperForCausalLM, WhisperForConditionalGeneration
@@ -69,20 +70,27 @@ def init_assistant(
 
 
 def build_shortlist(
-    label_tokens: Iterable[Tensor], size: int, required: Iterable[int], excluded: Iterable[int], vocab: int
+    label_tokens: Iterable[Tensor],
+    size: int,
+    required: Iterable[int],
+    excluded: Iterable[int],
+    vocab: int,
+    general: Iterable[int] | None = None,
 ) -> list[int]:
     """Token ids in priority order: `required` (end-of-text, prompt tokens), then alternately the
-    transcripts' next most frequent token and the next lowest BPE id. Whisper's BPE ids follow merge
-    order, which follows the tokenizer's training frequencies over a large (mostly English) corpus,
-    so they cover the general vocabulary that a few hours of transcripts miss, while the transcripts
-    cover their own languages (held-out English at 4k tokens: 67.4% transcripts first, 72.8% BPE ids
-    only, 71.1% alternating; German 39.1%, 33.3%, 35.3%). Suppressed tokens are never generated, so
-    they are left out."""
+    transcripts' next most frequent token and the next token of `general`, a ranking of the language's
+    everyday vocabulary (`vocabulary.word_token_order`), or by default the next lowest BPE id. Whisper's
+    BPE ids follow merge order, which follows the tokenizer's training frequencies over a large
+    multilingual corpus, so they cover the general vocabulary that a few hours of transcripts miss,
+    while the transcripts cover their own languages (held-out English at 4k tokens: 67.4% transcripts
+    first, 72.8% BPE ids only, 71.1% alternating; German 39.1%, 33.3%, 35.3%). Suppressed tokens are
+    never generated, so they are left out. When `general` runs out, the BPE ids take its place."""
     counts = Counter(t for row in label_tokens for t in row.tolist())
     by_frequency = iter(t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    second = range(vocab) if general is None else chain(general, range(vocab))
     order = list(dict.fromkeys(required))
     taken = set(excluded) | set(order)
-    sources = [by_frequency, iter(range(vocab))]  # taken in turn; an exhausted one drops out
+    sources = [by_frequency, iter(second)]  # taken in turn; an exhausted one drops out
     while len(order) < size and sources:
         source = sources.pop(0)
         token = next((t for t in source if t not in taken), None)

@@ -115,6 +115,35 @@ def test_shortlist_always_holds_end_of_text_and_prompt() -> None:
     assert build_shortlist(labels, 11, required, excluded=[3], vocab=51865)[5:] == [9, 0, 5, 1, 7, 2]
     assert build_shortlist(labels, 1, [END], [], 51865) == [END]
     assert len(build_shortlist(labels, 40, [END], [], 51865)) == 40  # filled with low (frequent) BPE ids
+    # A language's everyday vocabulary takes the BPE ids' turns; when it runs out, the BPE ids go on.
+    general = [700, 9, 3, 600]
+    order = build_shortlist(labels, 11, required, excluded=[3], vocab=51865, general=general)
+    assert order[5:] == [9, 700, 5, 600, 7, 0]
+
+
+def test_word_token_order_counts_words_on_the_tokens_whisper_writes() -> None:
+    pytest.importorskip("wordfreq")  # the offline extra, which the set-up installs
+    from spec_whisper.distillation.vocabulary import word_token_order
+
+    # A toy vocabulary: " the" and " house" are single tokens; every other word is spelled by letters.
+    single = {0: " the", 1: " house", 2: " The"}
+    letters = {chr(c): 10 + c for c in range(32, 127)}
+    vocab = 300
+
+    def decode(ids: list[int]) -> str:
+        return single.get(ids[0], "?")
+
+    def encode(text: str) -> list[int]:
+        # Letters only, never the whole-word tokens (as the converted tokenizer spells " the" " "+"the").
+        return [letters[ch] for ch in text if ch in letters]
+
+    order = word_token_order(decode, encode, vocab, "en", words=2000)
+    # " the" (the most frequent English word) on its own token, above " The" (its capitalised use),
+    # above the rarer " house".
+    assert order.index(0) < order.index(2) < order.index(1)
+    assert order[0] == letters[" "]  # every spelled-out word counts on its space
+    assert all(t < vocab for t in order)
+    assert word_token_order(decode, encode, vocab, "xx") == []  # a language wordfreq does not know
 
 
 def test_training_lowers_the_loss_and_is_deterministic(tiny, labelled) -> None:
@@ -164,8 +193,12 @@ def test_output_directory_loads_everywhere_and_drafts_exactly(tiny, tmp_path: Pa
         "shortlist.json",
         "README.md",
     } <= names
-    shortlist = json.loads((out / "shortlist.json").read_text())["token_ids"]
+    stored = json.loads((out / "shortlist.json").read_text())
+    shortlist = stored["token_ids"]
     assert END in shortlist and len(shortlist) == CONFIG.shortlist
+    # One more per language of the training windows, of the same size.
+    assert list(stored["by_language"]) == ["en"]
+    assert END in stored["by_language"]["en"] and len(stored["by_language"]["en"]) == CONFIG.shortlist
     summary = json.loads((out / "distillation.json").read_text())
     assert summary["finished"] and summary["training"]["step"] == CONFIG.steps
     assert "acceptance" in (out / "README.md").read_text().lower()
@@ -175,6 +208,7 @@ def test_output_directory_loads_everywhere_and_drafts_exactly(tiny, tmp_path: Pa
 
     engine = SpeculativeWhisper.load(tiny["main"], out)
     assert engine.assistant.shortlist.tolist() == sorted(shortlist)
+    assert engine.assistant.head_for(["en"]).shortlist.tolist() == stored["by_language"]["en"]
     pcm = [c.load() for c in _noise_clips(3, True, offset=20)]
     states = engine.encode(engine.log_mel(pcm))
     greedy = engine.decode(states, [DecodingOptions(language="en", speculative=False, max_new_tokens=20)] * 3)

@@ -27,10 +27,12 @@ def noise() -> list[np.ndarray]:
     return [(0.1 * rng.standard_normal(16000 * s)).astype(np.float32) for s in (2, 5, 9, 14, 3, 30)]
 
 
-def _decode(engine: SpeculativeWhisper, pcm: list[np.ndarray], **options) -> list[list[int]]:
+def _decode(
+    engine: SpeculativeWhisper, pcm: list[np.ndarray], language: str = "en", **options
+) -> list[list[int]]:
     states = engine.encode(engine.log_mel(pcm))
     max_new = options.pop("max_new", [30] * len(pcm))
-    opts = [DecodingOptions(language="en", max_new_tokens=m, **options) for m in max_new]
+    opts = [DecodingOptions(language=language, max_new_tokens=m, **options) for m in max_new]
     return [r.tokens for r in engine.decode(states, opts)]
 
 
@@ -154,6 +156,40 @@ def test_shortlist_head_drafts_only_listed_tokens(tiny, noise, tmp_path: Path) -
         assert [r.tokens for r in results] == greedy
         rate = sum(r.stats.accepted for r in results) / sum(r.stats.drafted for r in results)
         assert rate == 1.0 if expect_all_accepted else rate == 0.0
+
+
+def test_a_batch_of_one_language_drafts_from_that_languages_shortlist(tiny, noise, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    plain = SpeculativeWhisper.load(tiny["main"])
+    used = {
+        lang: sorted({t for row in _decode(plain, noise[:2], speculative=False, language=lang) for t in row})
+        for lang in ("en", "de")
+    }
+    everything_else = [t for t in range(1000) if t not in used["en"] + used["de"]]
+    assistant = tmp_path / "by-language"
+    shutil.copytree(tiny["main"], assistant)  # the main model itself: right wherever its head may say so
+    shortlists = {"token_ids": everything_else, "by_language": {"en": used["en"], "de": used["de"]}}
+    (assistant / "shortlist.json").write_text(json.dumps(shortlists))
+    engine = SpeculativeWhisper.load(tiny["main"], assistant)
+    assert sorted(engine.assistant.language_heads) == ["de", "en"]
+    states = engine.encode(engine.log_mel(noise[:2]))
+
+    def acceptance(languages: list[str]) -> float:
+        options = [DecodingOptions(language=lang, max_new_tokens=30, draft_length=4) for lang in languages]
+        results = engine.decode(states, options)
+        expected = [
+            _decode(plain, noise[i : i + 1], speculative=False, language=lang)[0]
+            for i, lang in enumerate(languages)
+        ]
+        assert [r.tokens for r in results] == expected
+        return sum(r.stats.accepted for r in results) / sum(r.stats.drafted for r in results)
+
+    assert acceptance(["en", "en"]) == 1.0  # English rows draft from the English list
+    assert acceptance(["de", "de"]) == 1.0
+    assert acceptance(["en", "de"]) == 0.0  # a mixed batch drafts from the shared list
+    assert engine.assistant.head_for(["fr"]) is engine.assistant.head
 
 
 @pytest.mark.parametrize("assistant", ["decoder_only", "full"])
