@@ -37,6 +37,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -45,6 +46,8 @@ from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtracto
 
 CT2_DTYPES = (torch.float32, torch.int8, torch.int16, torch.int32, torch.float16, torch.bfloat16)
 MARKER = "ct2_conversion.json"  # written last: its presence means the directory is complete
+# Raised when the converter's output changes, so that earlier conversions are redone (2: lost merges).
+CONVERTER_VERSION = 2
 TIME_PRECISION = 0.02  # seconds per Whisper timestamp token (30 s window / 1500 encoder frames)
 # OpenAI's DecodingOptions.max_initial_timestamp = 1.0 s, i.e. 50 timestamp tokens.
 MAX_INITIAL_TIMESTAMP_INDEX = 50
@@ -233,9 +236,51 @@ def _generation_config(cfg: WhisperConfig, ct2_cfg: dict, vocab: list[str]) -> G
     )
 
 
+# Whisper's byte-level BPE: 256 single-byte tokens, then token 256 + r made by merge r.
+_BYTE_TOKENS = 256
+
+
+def restore_lost_merges(tok: dict) -> list[str]:
+    """Put back the BPE merges a tokenizer.json lost, in place, and return them.
+
+    The packaged whisper-base's tokenizer.json has 49,999 merges where Whisper has 50,000: its first,
+    "Ġ t", is missing (a merges file read as if its first line were a header), so `encode(" the")`
+    gave " " + "the", two tokens the model never writes, for every word starting with " t". Merge r
+    makes token 256 + r, so a token that no merge makes marks the rank of a lost merge; a two-symbol
+    token can only be made one way. Decoding never used the merges, and is unchanged. A tokenizer
+    whose merges do not follow its token ids is left as it is."""
+    model = tok["model"]
+    as_pairs = bool(model["merges"]) and not isinstance(model["merges"][0], str)
+    merges = [" ".join(m) if as_pairs else m for m in model["merges"]]
+    made = {m.replace(" ", "") for m in merges}
+    vocab = model["vocab"]
+    ids = [vocab.get(m.replace(" ", ""), -1) for m in merges]
+    if any(b <= a for a, b in pairwise(ids)):
+        return []
+    added = {t["content"] for t in tok["added_tokens"]}
+    lost = sorted(
+        (i, token)
+        for token, i in vocab.items()
+        if _BYTE_TOKENS <= i <= _BYTE_TOKENS + len(merges) and token not in made | added and token
+    )
+    restored = []
+    for token_id, token in lost:
+        if len(token) != 2:
+            raise ValueError(f"tokenizer.json has no merge making {token!r} (id {token_id})")
+        merge = f"{token[0]} {token[1]}"
+        merges.insert(token_id - _BYTE_TOKENS, merge)
+        restored.append(merge)
+    if any(vocab.get(m.replace(" ", "")) != _BYTE_TOKENS + r for r, m in enumerate(merges)):
+        raise ValueError("tokenizer.json's merges do not follow its token ids")
+    model["merges"] = [m.split(" ") for m in merges] if as_pairs else merges
+    return restored
+
+
 def _write_tokenizer(ct2_dir: Path, out_dir: Path, vocab: list[str], max_positions: int) -> None:
-    """Extend CT2's tokenizer.json with the timestamp tokens it lacks, checked against vocabulary.txt."""
+    """Extend CT2's tokenizer.json with the timestamp tokens it lacks, checked against vocabulary.txt,
+    and with the merges it lost (`restore_lost_merges`)."""
     tok = json.loads((ct2_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    restore_lost_merges(tok)
     known = {**tok["model"]["vocab"], **{t["content"]: t["id"] for t in tok["added_tokens"]}}
     if any(vocab[i] != token for token, i in known.items()):
         raise ValueError("tokenizer.json disagrees with vocabulary.txt")
@@ -283,13 +328,17 @@ def convert_ct2_dir(ct2_dir: Path, out_dir: Path, dtype: str = "float32", source
     _generation_config(cfg, ct2_cfg, vocab).save_pretrained(out_dir)
     WhisperFeatureExtractor(feature_size=cfg.num_mel_bins).save_pretrained(out_dir)
     _write_tokenizer(ct2_dir, out_dir, vocab, cfg.max_target_positions)
-    (out_dir / MARKER).write_text(json.dumps({"source": source or str(ct2_dir), "dtype": dtype}) + "\n")
+    stamp = {"source": source or str(ct2_dir), "dtype": dtype, "converter": CONVERTER_VERSION}
+    (out_dir / MARKER).write_text(json.dumps(stamp) + "\n")
     return out_dir
 
 
 def is_converted(out_dir: Path, dtype: str = "float32") -> bool:
     marker = Path(out_dir) / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("dtype") == dtype
+    if not marker.is_file():
+        return False
+    stamp = json.loads(marker.read_text())
+    return stamp.get("dtype") == dtype and stamp.get("converter") == CONVERTER_VERSION
 
 
 @contextmanager

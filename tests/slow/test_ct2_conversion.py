@@ -83,6 +83,17 @@ def test_vocabulary_matches_ct2(processor: transformers.WhisperProcessor, ct2_di
     assert tok.convert_ids_to_tokens(list(range(len(vocab)))) == vocab
 
 
+def test_text_encodes_to_the_tokens_whisper_writes(processor: transformers.WhisperProcessor) -> None:
+    # The packaged tokenizer.json lost the merge "Ġ t" (restored by the converter): " the" came out as
+    # " " + "the", tokens the model never writes.
+    tok = processor.tokenizer
+    for word in (" the", " to", " they", " that", " and", " noise"):
+        assert tok.encode(word, add_special_tokens=False) == tok.convert_tokens_to_ids(["Ġ" + word[1:]])
+    text = " The quick brown fox jumps over the lazy dog, then they talk."
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text and 220 not in ids  # no lone spaces
+
+
 def test_special_and_timestamp_ids(hf_model: Any, processor: transformers.WhisperProcessor) -> None:
     tok, gen = processor.tokenizer, hf_model.generation_config
     assert tok.convert_tokens_to_ids(["<|0.00|>", "<|0.02|>", "<|30.00|>"]) == [50364, 50365, 51864]
