@@ -28,8 +28,9 @@ def word_token_order(
 ) -> list[int]:
     """Token ids by how often `language`'s text uses them, most frequent first; empty when wordfreq
     (the `offline` extra) is not installed or does not know the language. A word that one token
-    spells is counted on that token (the converted tokenizer's `encode` splits some, such as " the",
-    into two tokens the model never writes); other words on the tokens `encode` gives them.
+    spells is counted on that token whatever `encode` makes of it (a tokenizer that lost a merge, as
+    the packaged whisper-base's did before `ct2_convert.restore_lost_merges`, splits " the" in two);
+    other words on the tokens `encode` gives them.
     `text_tokens`: ids below it are text, the rest special."""
     try:
         import wordfreq

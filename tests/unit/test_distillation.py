@@ -134,7 +134,7 @@ def test_word_token_order_counts_words_on_the_tokens_whisper_writes() -> None:
         return single.get(ids[0], "?")
 
     def encode(text: str) -> list[int]:
-        # Letters only, never the whole-word tokens (as the converted tokenizer spells " the" " "+"the").
+        # Letters only, never the whole-word tokens (as a tokenizer that lost merges might).
         return [letters[ch] for ch in text if ch in letters]
 
     order = word_token_order(decode, encode, vocab, "en", words=2000)
