@@ -24,7 +24,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -127,20 +130,31 @@ def step_ms(runner, states: torch.Tensor, width: int = 1, repeats: int = 30, mai
     return 1000 * float(np.median(times))
 
 
+@contextmanager
+def shared_shortlist(engine: SpeculativeWhisper) -> Iterator[None]:
+    """The engine drafting every language from the shared shortlist: its language heads set aside."""
+    heads = engine.assistant.language_heads
+    engine.assistant.language_heads = {}
+    try:
+        yield
+    finally:
+        engine.assistant.language_heads = heads
+
+
 def time_decoding(
     engine: SpeculativeWhisper,
     pcm: list[np.ndarray],
     languages: list[str],
     repeats: int,
-    shared: SpeculativeWhisper | None = None,
+    compare_shared: bool = False,
 ) -> dict[str, float]:
     """Batch-1 decoding time (min over repeats, interleaved) per mode, summed over the clips: greedy,
-    speculative, and speculative drafting from the shared shortlist (`shared`: the same models without
-    the per-language shortlists)."""
+    speculative, and (`compare_shared`) speculative drafting from the shared shortlist instead of the
+    language's own, with the same engine and cost table."""
     totals = {"greedy_s": 0.0, "speculative_s": 0.0, "tokens": 0, "drafted": 0, "accepted": 0, "passes": 0}
-    modes = {"greedy": (engine, False), "speculative": (engine, True)}
-    if shared is not None:
-        modes["speculative_shared"] = (shared, True)
+    modes = {"greedy": (nullcontext, False), "speculative": (nullcontext, True)}
+    if compare_shared:
+        modes["speculative_shared"] = (partial(shared_shortlist, engine), True)
         totals["speculative_shared_s"] = 0.0
     mismatches = 0
     for clip, lang in zip(pcm, languages, strict=True):
@@ -148,8 +162,9 @@ def time_decoding(
         best = dict.fromkeys(modes, float("inf"))
         outputs = {}
         for _ in range(repeats):
-            for mode, (decoder, speculative) in modes.items():
-                result = decoder.decode(states, [DecodingOptions(lang, speculative=speculative)])[0]
+            for mode, (setting, speculative) in modes.items():
+                with setting():
+                    result = engine.decode(states, [DecodingOptions(lang, speculative=speculative)])[0]
                 best[mode] = min(best[mode], result.stats.decode_s)
                 outputs[mode] = result
         mismatches += any(r.tokens != outputs["greedy"].tokens for r in outputs.values())
@@ -162,7 +177,7 @@ def time_decoding(
         totals["passes"] += stats.main_passes
     totals["identical"] = mismatches == 0
     totals["speedup"] = totals["greedy_s"] / totals["speculative_s"]
-    if shared is not None:
+    if compare_shared:
         totals["speedup_shared"] = totals["greedy_s"] / totals["speculative_shared_s"]
     totals["engine_acceptance"] = totals["accepted"] / max(1, totals["drafted"])
     return totals
@@ -258,12 +273,6 @@ def main() -> int:
     engine = SpeculativeWhisper.load(args.main, args.assistant)
     plain = SpeculativeWhisper.load(args.main)
     by_language = json.loads((args.assistant / "shortlist.json").read_text()).get("by_language", {})
-    # The same models drafting every language from the shared shortlist, for the side-by-side.
-    shared = (
-        SpeculativeWhisper(dataclasses.replace(engine.models, assistant_language_shortlists={}))
-        if by_language
-        else None
-    )
     report: dict = {"threads": threads, "load_before": load_before, "main": str(args.main)}
 
     # Parameters: the assistant's own (layers + final norm; embeddings are the main model's).
@@ -309,7 +318,8 @@ def main() -> int:
         keys = set(data_keys := [c["key"] for c in data.clips])
         clips = [c for c in heldout_clips if c.key in keys]
         clips.sort(key=lambda c: data_keys.index(c.key))
-        timing = time_decoding(engine, [c.load() for c in clips], [group] * len(clips), args.repeats, shared)
+        pcm = [c.load() for c in clips]
+        timing = time_decoding(engine, pcm, [group] * len(clips), args.repeats, group in by_language)
         costs = cost_model(engine, timing, draft_ms, main_ms)
         report["groups"][group] = {"clips": len(clips), "acceptance": accept, "timing": timing, "cost": costs}
         name = "LibriSpeech test-other (held-out speakers)" if group == "en" else f"FLEURS {group}"
@@ -320,7 +330,7 @@ def main() -> int:
             f"speculative {timing['speculative_s']:.2f} s -> {timing['speedup']:.2f}x, "
             f"tokens identical: {timing['identical']}"
         )
-        if shared is not None:
+        if "speedup_shared" in timing:
             print(
                 f"drafting from the shared shortlist instead of the language's own: "
                 f"{timing['speculative_shared_s']:.2f} s -> {timing['speedup_shared']:.2f}x"
