@@ -16,7 +16,9 @@ Labelling (encoder states, greedy transcripts, teacher top-k) is the slow part; 
 per shard, so an interrupted run continues where it stopped. Training checkpoints every N steps and
 resumes; the batch order is a function of the seed and the step, so a resumed run equals an
 uninterrupted one. The output head is restricted during training to the most frequent tokens of the
-main model's transcripts (`shortlist.json`, saved beside the weights), which is what the engine uses.
+main model's transcripts; the engine drafts with a prefix of that order (`shortlist.json`, saved
+beside the weights) and, for a batch of one language, with that language's own list, its transcripts
+alternating with its everyday words (`vocabulary.py`), saved in the same file.
 """
 
 from .config import CHECKPOINT_FILE, DEFAULT_SPEECH_DIR, SETTINGS_FILE, DistilConfig, default_threads
