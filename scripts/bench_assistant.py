@@ -272,7 +272,7 @@ def main() -> int:
     config = DistilConfig.from_dict(summary["settings"])
     engine = SpeculativeWhisper.load(args.main, args.assistant)
     plain = SpeculativeWhisper.load(args.main)
-    by_language = json.loads((args.assistant / "shortlist.json").read_text()).get("by_language", {})
+    by_language = {lang: ids.tolist() for lang, ids in engine.models.assistant_language_shortlists.items()}
     report: dict = {"threads": threads, "load_before": load_before, "main": str(args.main)}
 
     # Parameters: the assistant's own (layers + final norm; embeddings are the main model's).

@@ -252,16 +252,15 @@ def restore_lost_merges(tok: dict) -> list[str]:
     model = tok["model"]
     as_pairs = bool(model["merges"]) and not isinstance(model["merges"][0], str)
     merges = [" ".join(m) if as_pairs else m for m in model["merges"]]
-    made = {m.replace(" ", "") for m in merges}
+    made = [m.replace(" ", "") for m in merges]
     vocab = model["vocab"]
-    ids = [vocab.get(m.replace(" ", ""), -1) for m in merges]
-    if any(b <= a for a, b in pairwise(ids)):
+    if any(vocab.get(b, -1) <= vocab.get(a, -1) for a, b in pairwise(made)):
         return []
-    added = {t["content"] for t in tok["added_tokens"]}
+    known = {*made, *(t["content"] for t in tok["added_tokens"])}  # made by a merge, or special
     lost = sorted(
         (i, token)
         for token, i in vocab.items()
-        if _BYTE_TOKENS <= i <= _BYTE_TOKENS + len(merges) and token not in made | added and token
+        if _BYTE_TOKENS <= i <= _BYTE_TOKENS + len(merges) and token not in known and token
     )
     restored = []
     for token_id, token in lost:

@@ -19,7 +19,7 @@ from .labelling import LabelledSet, label_clips
 from .speech import Clip, real_clips, synthesis_texts, synthetic_clips
 from .student import _ffn_within_budget, added_parameters, build_shortlist, init_assistant
 from .training import evaluate_acceptance, train
-from .vocabulary import word_token_order
+from .vocabulary import single_token_spellings, word_token_order
 
 # ----------------------------------------------------------------------------------------------
 # The whole recipe, with its caches and its output directory.
@@ -190,18 +190,19 @@ def language_shortlists(engine: SpeculativeWhisper, labelled: LabelledSet, size:
     with its everyday vocabulary (`word_token_order`; Whisper's BPE ids where wordfreq lacks the
     language or the model lacks a tokenizer). The engine drafts a batch of one language with it."""
     vocab = engine.models.main.config.vocab_size
+    required = _required(engine)
     tokenizer = engine.tokenizer
+    text_tokens = engine.tokens.end_of_text
+    if tokenizer is not None:
+        single = single_token_spellings(tokenizer.decode, text_tokens)
+        encode = partial(tokenizer.encode, add_special_tokens=False)
     shortlists = {}
     for language in sorted({clip["language"] for clip in labelled.clips}):
         general = None
         if tokenizer is not None:
-            encode = partial(tokenizer.encode, add_special_tokens=False)
-            text_tokens = engine.tokens.end_of_text
-            general = word_token_order(tokenizer.decode, encode, text_tokens, language) or None
+            general = word_token_order(single, encode, text_tokens, language) or None
         labels = _labels(labelled, language)
-        shortlists[language] = build_shortlist(
-            labels, size, _required(engine), engine.tokens.suppress, vocab, general
-        )
+        shortlists[language] = build_shortlist(labels, size, required, engine.tokens.suppress, vocab, general)
     return shortlists
 
 

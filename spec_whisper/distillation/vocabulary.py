@@ -12,15 +12,24 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-__all__ = ["word_token_order"]
+__all__ = ["single_token_spellings", "word_token_order"]
 
 # Whisper writes a word after a space, and capitalised at the start of a sentence (about one word in
 # fifteen in prose) or as a name; the capitalised form is counted at this share of the word's use.
 CAPITALISED_SHARE = 0.1
 
 
+def single_token_spellings(decode: Callable[[list[int]], str], text_tokens: int) -> dict[str, int]:
+    """The text each token spells on its own (the lowest id where two spell the same), for the ids
+    below `text_tokens` (the rest are special): one table per tokenizer, whatever the language."""
+    spellings: dict[str, int] = {}
+    for token in range(text_tokens):
+        spellings.setdefault(decode([token]), token)
+    return spellings
+
+
 def word_token_order(
-    decode: Callable[[list[int]], str],
+    single: dict[str, int],
     encode: Callable[[str], list[int]],
     text_tokens: int,
     language: str,
@@ -28,19 +37,16 @@ def word_token_order(
 ) -> list[int]:
     """Token ids by how often `language`'s text uses them, most frequent first; empty when wordfreq
     (the `offline` extra) is not installed or does not know the language. A word that one token
-    spells is counted on that token whatever `encode` makes of it (a tokenizer that lost a merge, as
-    the packaged whisper-base's did before `ct2_convert.restore_lost_merges`, splits " the" in two);
-    other words on the tokens `encode` gives them.
-    `text_tokens`: ids below it are text, the rest special."""
+    spells (`single`, from `single_token_spellings`) is counted on that token whatever `encode` makes
+    of it (a tokenizer that lost a merge, as the packaged whisper-base's did before
+    `ct2_convert.restore_lost_merges`, splits " the" in two); other words on the tokens `encode`
+    gives them. `text_tokens`: ids below it are text, the rest special."""
     try:
         import wordfreq
 
         ranked = wordfreq.top_n_list(language, words)
     except (ImportError, LookupError):
         return []
-    single: dict[str, int] = {}
-    for token in range(text_tokens):
-        single.setdefault(decode([token]), token)
     weight: Counter[int] = Counter()
     for word in ranked:
         frequency = wordfreq.word_frequency(word, language)

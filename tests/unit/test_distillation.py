@@ -123,7 +123,7 @@ def test_shortlist_always_holds_end_of_text_and_prompt() -> None:
 
 def test_word_token_order_counts_words_on_the_tokens_whisper_writes() -> None:
     pytest.importorskip("wordfreq")  # the offline extra, which the set-up installs
-    from spec_whisper.distillation.vocabulary import word_token_order
+    from spec_whisper.distillation.vocabulary import single_token_spellings, word_token_order
 
     # A toy vocabulary: " the" and " house" are single tokens; every other word is spelled by letters.
     single = {0: " the", 1: " house", 2: " The"}
@@ -137,13 +137,15 @@ def test_word_token_order_counts_words_on_the_tokens_whisper_writes() -> None:
         # Letters only, never the whole-word tokens (as a tokenizer that lost merges might).
         return [letters[ch] for ch in text if ch in letters]
 
-    order = word_token_order(decode, encode, vocab, "en", words=2000)
+    spellings = single_token_spellings(decode, vocab)
+    assert spellings[" the"] == 0 and spellings[" The"] == 2
+    order = word_token_order(spellings, encode, vocab, "en", words=2000)
     # " the" (the most frequent English word) on its own token, above " The" (its capitalised use),
     # above the rarer " house".
     assert order.index(0) < order.index(2) < order.index(1)
     assert order[0] == letters[" "]  # every spelled-out word counts on its space
     assert all(t < vocab for t in order)
-    assert word_token_order(decode, encode, vocab, "xx") == []  # a language wordfreq does not know
+    assert word_token_order(spellings, encode, vocab, "xx") == []  # a language wordfreq does not know
 
 
 def test_training_lowers_the_loss_and_is_deterministic(tiny, labelled) -> None:
