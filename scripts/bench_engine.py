@@ -50,6 +50,12 @@ class Run:
         return sum(len(t) for t in self.tokens)
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a wall-clock reading includes it (no-op without a GPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _timed(fn: Callable, repeat: int = 20) -> float:
     fn()
     began = time.perf_counter()
@@ -124,6 +130,7 @@ def run_ours(engine: SpeculativeWhisper, pcm: list[np.ndarray], batch: int, name
         mel = engine.log_mel(chunk)
         t1 = time.perf_counter()
         states = engine.encode(mel)
+        synchronize()
         t2 = time.perf_counter()
         results = engine.decode(states, [options] * len(chunk))
         t3 = time.perf_counter()
@@ -140,6 +147,8 @@ def run_ours(engine: SpeculativeWhisper, pcm: list[np.ndarray], batch: int, name
 
 
 def run_transformers(model, extractor, pcm: list[np.ndarray], assistant=None) -> Run:
+    """`generate()` one clip at a time (its assisted decoding takes batch 1 only), on the model's device
+    and in its dtype."""
     run = Run("transformers generate" + (" (assistant_model)" if assistant is not None else ""), 1)
     eos = model.generation_config.eos_token_id
     began = time.perf_counter()
@@ -147,6 +156,7 @@ def run_transformers(model, extractor, pcm: list[np.ndarray], assistant=None) ->
         for clip in pcm:
             t0 = time.perf_counter()
             mel = extractor(clip, sampling_rate=16000, return_tensors="pt").input_features
+            mel = mel.to(model.device, model.dtype)
             t1 = time.perf_counter()
             run.encoder_s += _encoder_time(model, mel)
             kwargs = {"assistant_model": assistant} if assistant is not None else {}
@@ -163,8 +173,10 @@ def run_transformers(model, extractor, pcm: list[np.ndarray], assistant=None) ->
 
 
 def _encoder_time(model, mel: torch.Tensor) -> float:
+    synchronize()
     t0 = time.perf_counter()
     model.model.encoder(mel)
+    synchronize()
     return time.perf_counter() - t0
 
 

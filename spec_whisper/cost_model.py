@@ -71,18 +71,21 @@ class DecoderCosts:
             ids = torch.randint(0, runner.vocab_size, (batch, tokens))
             start = torch.full((batch,), _POSITION)
             decisive = _decisive_states(runner, batch * tokens).view(batch, tokens, -1)
+            # As decoding runs them: token ids from the host, the chosen tokens back to it.
             return lambda: (
                 _seconds(lambda: runner.states(ids, start, cache))
-                + _seconds(lambda: runner.head.greedy(decisive, _no_mask))
+                + _seconds(lambda: runner.head.greedy(decisive, _no_mask).cpu())
             )
 
         verify, draft = np.zeros((len(BATCHES), len(TOKENS))), np.full(len(BATCHES), np.inf)
         for i, batch in enumerate(BATCHES):
-            states = torch.randn(batch, frames, main.encoder_dim, dtype=main.dtype)
+            states = torch.randn(batch, frames, main.encoder_dim, dtype=main.dtype, device=main.device)
             cache = main.new_cache(states)
             passes = [timed(main, cache, tokens) for tokens in TOKENS]
             if assistant is not None:
-                own = torch.randn(batch, frames, assistant.encoder_dim, dtype=assistant.dtype)
+                own = torch.randn(
+                    batch, frames, assistant.encoder_dim, dtype=assistant.dtype, device=assistant.device
+                )
                 # An assistant may read the main decoder's cross-attention cache (`cross_from`).
                 passes.append(timed(assistant, assistant.new_cache(own, cache), 1))
             times = np.array([[run() for run in passes] for _ in range(repeats + 1)])[1:]  # round 0 warms up
@@ -99,8 +102,13 @@ def _no_mask(logits: Tensor) -> Tensor:
 
 
 def _seconds(run: Callable[[], object]) -> float:
+    """Wall time of `run` until its device work is done (a GPU runs it asynchronously)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     began = time.perf_counter()
     run()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - began
 
 

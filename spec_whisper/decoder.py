@@ -65,7 +65,8 @@ class DecoderCache:
         fill the holes costs one row copy per finished sequence instead of a copy of the batch.
         Moving a row twice (a tensor shared with another cache) copies the same values again.
         """
-        moved = (order != torch.arange(len(order))).nonzero().flatten()
+        order = order.to(self.self_k.device)
+        moved = (order != torch.arange(len(order), device=order.device)).nonzero().flatten()
         n = len(order)
         for t in (self.self_k, self.self_v):
             t[:, moved] = t[:, order[moved]]
@@ -191,6 +192,10 @@ class WhisperDecoderRunner:
     def dtype(self) -> torch.dtype:
         return self.embed_tokens.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.device
+
     def _heads(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
@@ -200,8 +205,8 @@ class WhisperDecoderRunner:
         batch = encoder_states.shape[0]
         n = len(self.layers)
         shape = (n, batch, self.num_heads, self.max_positions, self.head_dim)
-        self_k = torch.zeros(shape, dtype=self.dtype, device=encoder_states.device)
-        states = encoder_states.to(self.dtype)
+        self_k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        states = encoder_states.to(self.device, self.dtype)
         cross_k, cross_v = [], []
         for layer, source in zip(self.layers, self.cross_from, strict=True):
             if source is not None:
@@ -241,14 +246,17 @@ class WhisperDecoderRunner:
         return self.head
 
     def states(self, tokens: Tensor, start: Tensor, cache: DecoderCache) -> Tensor:
-        """Final (normed) decoder states `[B, T, d_model]`, writing the tokens' keys/values to `cache`."""
+        """Final (normed) decoder states `[B, T, d_model]`, writing the tokens' keys/values to `cache`.
+        `tokens` and `start` may live on the host: the bookkeeping of decoding does, and the length
+        of the attended prefix is read there rather than waited for from the device."""
         batch, steps = tokens.shape
-        positions = start[:, None] + torch.arange(steps, device=tokens.device)
-        length = int(positions.max()) + 1
+        length = int(start.max()) + steps
+        tokens, start = tokens.to(self.device), start.to(self.device)
+        positions = start[:, None] + torch.arange(steps, device=self.device)
         # Query t of row b may see every key at or before its own position, nothing after.
-        visible = torch.arange(length, device=tokens.device) <= positions[..., None]
+        visible = torch.arange(length, device=self.device) <= positions[..., None]
         visible = visible[:, None]
-        rows = torch.arange(batch, device=tokens.device)[:, None]
+        rows = torch.arange(batch, device=self.device)[:, None]
         x = self.embed_tokens[tokens] + self.embed_positions[positions]
         for i, layer in enumerate(self.layers):
             h = layer.self_norm(x)

@@ -149,14 +149,14 @@ class AssistantDrafter:
             tokens, probability = self.runner.draft(tokens, start, self.cache, mask, self.head)
             drafts.append(tokens)
             start = length + i
-            chain = chain * probability
+            chain = chain * probability.cpu()
             expected += float(chain.sum())
             if not self.policy.extend(len(drafts), chain, expected):
                 break
         # Slots past the last fed draft are stale; observe() trims to what the main model accepted.
         self.fed = length + len(drafts) - 1
         self._drafted_from = length
-        return torch.cat(drafts, dim=1)
+        return torch.cat(drafts, dim=1).cpu()
 
     def observe(self, n_accepted: Tensor, k: int) -> None:
         self.fed = torch.minimum(self.fed, self._drafted_from + n_accepted)

@@ -158,7 +158,11 @@ class SpeculativeWhisper:
         for (speculative, draft_length, adaptive), rows in groups.items():
             group = [options[i] for i in rows]
             decoded = self._decode_group(
-                states.rows(torch.tensor(rows)), group, speculative, draft_length, adaptive
+                states.rows(torch.tensor(rows, device=states.main.device)),
+                group,
+                speculative,
+                draft_length,
+                adaptive,
             )
             for i, result in zip(rows, decoded, strict=True):
                 results[i] = result
@@ -221,7 +225,7 @@ class SpeculativeWhisper:
     def _detect_language(self, cache, batch: int) -> list[str]:
         """Whisper's language detection: the most likely language token after `<|startoftranscript|>`."""
         start = torch.full((batch, 1), self.tokens.start_of_transcript)
-        logits = self.main.forward(start, torch.zeros(batch, dtype=torch.long), cache)[:, 0]
+        logits = self.main.forward(start, torch.zeros(batch, dtype=torch.long), cache)[:, 0].cpu()
         ids = torch.tensor(list(self.tokens.languages.values()))
         best = ids[logits[:, ids].argmax(-1)]
         return [self.tokens.language_of(int(t)) for t in best]

@@ -49,8 +49,8 @@ class ShortlistHead:
 
     def __init__(self, weight: Tensor, shortlist: Tensor, int8: bool = False) -> None:
         self.vocab_size = weight.shape[0]
-        self.shortlist = shortlist
-        rows = weight[shortlist]
+        self.shortlist = shortlist.to(weight.device)
+        rows = weight[self.shortlist]
         self.int8 = Int8Linear(rows) if int8 and int8_available(rows) else None
         self.linear = FastLinear(rows, None) if self.int8 is None else None
 

@@ -21,7 +21,8 @@ class SuppressTokens:
         self.tokens = torch.tensor(tokens, dtype=torch.long)
 
     def apply(self, logits: Tensor, generated: Tensor) -> None:
-        logits.index_fill_(-1, self.tokens.to(logits.device), -torch.inf)
+        self.tokens = self.tokens.to(logits.device)  # once: a no-op when already there
+        logits.index_fill_(-1, self.tokens, -torch.inf)
 
 
 class SuppressAtBegin:
@@ -31,9 +32,10 @@ class SuppressAtBegin:
         self.tokens = torch.tensor(tokens, dtype=torch.long)
 
     def apply(self, logits: Tensor, generated: Tensor) -> None:
-        first = generated == 0
+        first = generated == 0  # on the host, where decoding keeps its counts: no wait for the device
         if first.any():
-            logits[first] = logits[first].index_fill_(-1, self.tokens.to(logits.device), -torch.inf)
+            self.tokens, first = self.tokens.to(logits.device), first.to(logits.device)
+            logits[first] = logits[first].index_fill_(-1, self.tokens, -torch.inf)
 
 
 def apply_filters(filters: list[LogitFilter], logits: Tensor, generated: Tensor) -> Tensor:

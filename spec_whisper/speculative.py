@@ -4,6 +4,8 @@ Each pass the drafter proposes `k` tokens for every row; the main decoder scores
 token plus the `k` drafts in one forward; each row keeps its drafts up to its own first mismatch
 plus the main model's token at that position. With `k = 0` this is plain greedy decoding. Rows
 advance by different amounts and never wait for each other, and a finished row leaves the batch.
+The bookkeeping (sequences, lengths, which rows remain) lives on the host; the decoders' caches and
+products on their device, which hands back only the few tokens each pass chose.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def generate(
             start = length - pending
             tokens = torch.cat([seq.gather(1, start[:, None] + torch.arange(pending)), draft], dim=1)
             mask = partial(filter_at, offset=torch.arange(k + 1))
-            greedy = main.greedy(tokens, start, cache, mask, k + 1)
+            greedy = main.greedy(tokens, start, cache, mask, k + 1).cpu()
         # 3. Each row keeps its drafts up to its first mismatch, plus the main model's next token.
         n_accepted = (draft == greedy[:, :k]).cumprod(dim=1).sum(dim=1)
         seq.scatter_(1, length[:, None] + torch.arange(k + 1), greedy)
