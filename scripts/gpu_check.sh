@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 "$python" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'"
 "$python" -m pytest -q -p no:cacheprovider tests/unit/test_devices.py
-"$python" scripts/bench_device.py --device cuda --precision fp16 fp32 --skip 40 --clips 32 \
+"$python" scripts/bench_device.py --device cuda --precision fp32 fp16 --skip 40 --clips 32 \
   --batch 1 2 4 8 16 "$@"
