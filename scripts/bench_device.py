@@ -11,6 +11,7 @@ arithmetic: verifying k drafts costs about one step until the batch is large, an
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import sys
@@ -46,7 +47,9 @@ def device_name(device: str) -> str:
 
 
 def bench_precision(args, precision: str, pcm: list) -> tuple[str, dict]:
-    engine = SpeculativeWhisper.load(args.main, args.assistant, precision=precision, device=args.device)
+    engine = SpeculativeWhisper.load(
+        args.main, args.assistant, precision=precision, device=args.device, cuda_graphs=args.cuda_graphs
+    )
     costs = engine.costs()  # measured on this device, before any run
     run_ours(engine, pcm[:2], 2, "warm-up", speculative=True)
     runs: list[Run] = []
@@ -121,6 +124,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", nargs="+", default=["fp16"], choices=sorted(PRECISIONS))
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="replay decoder passes from CUDA graphs (on a CUDA device)",
+    )
     args = parser.parse_args()
     if torch.device(args.device).type == "cpu":
         torch.set_num_threads(args.threads)
@@ -136,7 +145,8 @@ def main() -> None:
     header = (
         f"Device: {device_name(args.device)}; torch {torch.__version__}. Clips: {len(pcm)} LibriSpeech "
         f"test-other (English) after the first {args.skip}, {audio_s:.0f} s of audio; main "
-        f"`{Path(args.main).name}`, assistant `{Path(args.assistant).name}`. Decoder seconds are the "
+        f"`{Path(args.main).name}`, assistant `{Path(args.assistant).name}`; CUDA graphs "
+        f"{'on' if args.cuda_graphs else 'off'}. Decoder seconds are the "
         f"decoding stage (after the encoder), summed over the batches; transformers runs batch 1 "
         f"(its assisted generation takes no more). Benchmark wall time {time.perf_counter() - began:.0f} s."
     )

@@ -39,7 +39,9 @@ SIZES = {
 ACCEPTANCE = (0.6, 0.7, 0.8, 0.9)
 
 
-def random_decoder(size: str, layers: int, dtype: torch.dtype, device: str) -> WhisperDecoderRunner:
+def random_decoder(
+    size: str, layers: int, dtype: torch.dtype, device: str, cuda_graphs: bool
+) -> WhisperDecoderRunner:
     d_model, heads, ffn, _, _ = SIZES[size]
     config = WhisperConfig(
         vocab_size=51865,
@@ -51,7 +53,7 @@ def random_decoder(size: str, layers: int, dtype: torch.dtype, device: str) -> W
     )
     with torch.device(device):
         decoder = WhisperDecoder(config).to(dtype).eval()
-    return WhisperDecoderRunner(decoder, decoder.embed_tokens.weight)
+    return WhisperDecoderRunner(decoder, decoder.embed_tokens.weight, cuda_graphs=cuda_graphs)
 
 
 def expected_speed_up(costs: DecoderCosts, batch: int, acceptance: float) -> tuple[int, float]:
@@ -78,32 +80,37 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.machine()} CPU"
     print(f"Device: {where}; {args.precision}; torch {torch.__version__}.")
+    modes = {"eager": False, "CUDA graphs": True} if args.device.startswith("cuda") else {"eager": False}
     for size in args.size:
-        dtype = PRECISIONS[args.precision]
-        main_layers, assistant_layers = SIZES[size][3:]
-        main = random_decoder(size, main_layers, dtype, args.device)
-        assistant = random_decoder(size, assistant_layers, dtype, args.device)
-        with torch.inference_mode():
-            costs = DecoderCosts.measure(main, assistant, frames=1500)
-        print(f"\n**{size}**: {main_layers}-layer main decoder, {assistant_layers}-layer assistant\n")
+        for mode, cuda_graphs in modes.items():
+            project(size, mode, cuda_graphs, args)
+
+
+def project(size: str, mode: str, cuda_graphs: bool, args: argparse.Namespace) -> None:
+    dtype = PRECISIONS[args.precision]
+    main_layers, assistant_layers = SIZES[size][3:]
+    main = random_decoder(size, main_layers, dtype, args.device, cuda_graphs)
+    assistant = random_decoder(size, assistant_layers, dtype, args.device, cuda_graphs)
+    with torch.inference_mode():
+        costs = DecoderCosts.measure(main, assistant, frames=1500)
+    print(f"\n**{size}, {mode}**: {main_layers}-layer main decoder, {assistant_layers}-layer assistant\n")
+    print(
+        "| batch | main step ms | verify 5 tokens / 1 token | draft step / main step | "
+        + " | ".join(f"k, speed-up at {a:.0%}" for a in ACCEPTANCE)
+        + " |"
+    )
+    print("|---" * (4 + len(ACCEPTANCE)) + "|")
+    for i, batch in enumerate(BATCHES):
+        step = costs.verify_s(batch, 1)
+        cells = [expected_speed_up(costs, batch, a) for a in ACCEPTANCE]
         print(
-            "| batch | main step ms | verify 5 tokens / 1 token | draft step / main step | "
-            + " | ".join(f"k, speed-up at {a:.0%}" for a in ACCEPTANCE)
-            + " |"
+            f"| {batch} | {1000 * step:.2f} | {costs.verify_s(batch, 5) / step:.2f} "
+            f"| {costs.draft[i] / step:.2f} | " + " | ".join(f"{k}, {gain:.2f}x" for k, gain in cells) + " |",
+            flush=True,
         )
-        print("|---" * (4 + len(ACCEPTANCE)) + "|")
-        for i, batch in enumerate(BATCHES):
-            step = costs.verify_s(batch, 1)
-            cells = [expected_speed_up(costs, batch, a) for a in ACCEPTANCE]
-            print(
-                f"| {batch} | {1000 * step:.2f} | {costs.verify_s(batch, 5) / step:.2f} "
-                f"| {costs.draft[i] / step:.2f} | "
-                + " | ".join(f"{k}, {gain:.2f}x" for k, gain in cells)
-                + " |"
-            )
-        del main, assistant
-        if args.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+    del main, assistant
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

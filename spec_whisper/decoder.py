@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cuda_graphs import GraphedPasses
 from .heads import FullHead, Mask, ShortlistHead, main_head
 from .linear import FastLinear, Int8Linear, int8_available
 
@@ -135,13 +136,15 @@ class WhisperDecoderRunner:
         cross_from: list[int | None] | None = None,
         int8: bool = False,
         language_shortlists: dict[str, Tensor] | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         """`shortlist`: token ids the output projection is restricted to (an assistant's cheap
         `ShortlistHead`); without one, the main model's exact head. `language_shortlists`: more such
         heads, one per language (`head_for`). `int8`: approximate int8 products
         throughout, for an assistant, whose drafts need not be exact (x86 CPUs; fp32 elsewhere).
         `cross_from[i]`: the main decoder layer whose cross-attention cache layer `i` reads
-        (`shared_cross_attention`); `new_cache` then takes that cache instead of computing one."""
+        (`shared_cross_attention`); `new_cache` then takes that cache instead of computing one.
+        `cuda_graphs`: on a CUDA device, replay passes from recorded graphs (`cuda_graphs.py`)."""
         first = hf_decoder.layers[0]
         self.num_heads = first.self_attn.num_heads if hasattr(first.self_attn, "num_heads") else None
         self.d_model = hf_decoder.embed_tokens.weight.shape[1]
@@ -187,6 +190,8 @@ class WhisperDecoderRunner:
             )
             for lay, source in zip(hf_decoder.layers, self.cross_from, strict=True)
         ]
+        on_gpu = cuda_graphs and self.device.type == "cuda"
+        self.graphs = GraphedPasses(self.fixed_shape_states, self.device) if on_gpu else None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -249,9 +254,20 @@ class WhisperDecoderRunner:
         """Final (normed) decoder states `[B, T, d_model]`, writing the tokens' keys/values to `cache`.
         `tokens` and `start` may live on the host: the bookkeeping of decoding does, and the length
         of the attended prefix is read there rather than waited for from the device."""
+        if self.graphs is not None:
+            return self.graphs.run(tokens, start, cache)
+        length = int(start.max()) + tokens.shape[1]
+        return self.attend(tokens.to(self.device), start.to(self.device), cache, length)
+
+    def fixed_shape_states(self, tokens: Tensor, start: Tensor, cache: DecoderCache) -> Tensor:
+        """`states` attending over every cache slot (those past each query are masked), so that the
+        shapes depend only on the rows and tokens: what a CUDA graph records."""
+        return self.attend(tokens, start, cache, self.max_positions)
+
+    def attend(self, tokens: Tensor, start: Tensor, cache: DecoderCache, length: int) -> Tensor:
+        """`states` for device tensors over the first `length` cache slots (at least up to the last
+        position written)."""
         batch, steps = tokens.shape
-        length = int(start.max()) + steps
-        tokens, start = tokens.to(self.device), start.to(self.device)
         positions = start[:, None] + torch.arange(steps, device=self.device)
         # Query t of row b may see every key at or before its own position, nothing after.
         visible = torch.arange(length, device=self.device) <= positions[..., None]

@@ -47,10 +47,12 @@ class SpeculativeWhisper:
         stages: Collection[str] = STAGES,
         int8_assistant: bool = True,
         turns: CoreTurns | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         """`int8_assistant`: run the assistant's products in int8 where the device has them (x86
         CPUs): drafts need not be exact, the main model checks each one in fp32. `turns`: share the
-        CPU's cores with other processes' stages by taking turns (serving on CPU; `core_turns`)."""
+        CPU's cores with other processes' stages by taking turns (serving on CPU; `core_turns`).
+        `cuda_graphs`: on a CUDA device, replay decoder passes from recorded graphs."""
         if unknown := set(stages) - STAGES:
             raise ValueError(f"unknown stages {sorted(unknown)}; expected a subset of {sorted(STAGES)}")
         self.stages = frozenset(stages)
@@ -65,7 +67,9 @@ class SpeculativeWhisper:
         self.assistant: WhisperDecoderRunner | None = None
         self._costs: DecoderCosts | None = None
         if "decoder" in self.stages:
-            self.main = WhisperDecoderRunner(models.main.model.decoder, models.main.proj_out.weight)
+            self.main = WhisperDecoderRunner(
+                models.main.model.decoder, models.main.proj_out.weight, cuda_graphs=cuda_graphs
+            )
             if models.assistant is not None:
                 decoder = models.assistant.model.decoder
                 # An assistant reading the main encoder's states may share its cross-attention cache.
@@ -82,6 +86,7 @@ class SpeculativeWhisper:
                     shared,
                     int8_assistant,
                     models.assistant_language_shortlists,
+                    cuda_graphs,
                 )
         if self.stages != STAGES:
             _release_unused(models, self.stages)
@@ -106,11 +111,12 @@ class SpeculativeWhisper:
         stages: Collection[str] = STAGES,
         int8_assistant: bool = True,
         turns: CoreTurns | None = None,
+        cuda_graphs: bool = True,
     ) -> SpeculativeWhisper:
         """`stages`: what this process runs. A Triton encoder step loads with {"encoder"} and keeps no
         decoder weights; a decoder step with {"decoder"} keeps no encoder."""
         models = load_models(main, assistant, precision, device, assistant_encoder)
-        return cls(models, device, stages, int8_assistant, turns)
+        return cls(models, device, stages, int8_assistant, turns, cuda_graphs)
 
     def costs(self) -> DecoderCosts:
         """Measured pass costs that pick the draft length (timed on first use: a few seconds)."""

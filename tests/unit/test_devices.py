@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,21 @@ def _decode(engine: SpeculativeWhisper, pcm: list[np.ndarray], **options) -> lis
     return engine.decode(states, [DecodingOptions(max_new_tokens=m, **options) for m in max_new])
 
 
+def _tokens(engine: SpeculativeWhisper, pcm: list[np.ndarray], **options) -> list[list[int]]:
+    return [r.tokens for r in _decode(engine, pcm, **options)]
+
+
+class _FixedShapePasses:
+    """The arithmetic of the passes a CUDA graph records (every cache slot attended), run eagerly."""
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+
+    def run(self, tokens, start, cache):
+        device = self.runner.device
+        return self.runner.fixed_shape_states(tokens.to(device), start.to(device), cache)
+
+
 @pytest.mark.parametrize(("device", "precision"), DEVICES)
 @pytest.mark.parametrize("assistant", ["decoder_only", "full", "shortlisted"])
 def test_speculative_equals_greedy_on_the_device(tiny, noise, device, precision, assistant) -> None:
@@ -71,3 +87,29 @@ def test_measured_costs_grow_with_the_batch_on_the_device(tiny, device, precisio
     assert np.isfinite(costs.draft).all() and (costs.draft > 0).all()
     # Waiting for the device is part of the time: 16 rows x 17 tokens is no cheaper than 1 x 1.
     assert costs.verify[-1, -1] >= costs.verify[0, 0] * 0.9
+
+
+@pytest.mark.parametrize(("device", "precision"), DEVICES)
+def test_passes_over_every_cache_slot_decode_the_same(tiny, noise, device, precision) -> None:
+    """CUDA graphs need fixed shapes, so their passes attend over all cache slots, later ones masked.
+    Run eagerly on any device, such passes decode as the sliced ones do (fp32) and speculative equals
+    greedy over them; recorded and replayed as graphs on a GPU, they give the same tokens again."""
+    load = partial(
+        SpeculativeWhisper.load, tiny["main"], tiny["decoder_only"], precision=precision, device=device
+    )
+    fixed = load(cuda_graphs=False)
+    for runner in (fixed.main, fixed.assistant):
+        runner.graphs = _FixedShapePasses(runner)
+    reference = _tokens(fixed, noise, speculative=False)
+    assert _tokens(fixed, noise, speculative=True, draft_length=4) == reference
+    if precision == "fp32":
+        assert _tokens(load(cuda_graphs=False), noise, speculative=False) == reference
+    if device == "cuda":
+        graphed = load()
+        assert graphed.main.graphs is not None and graphed.assistant.graphs is not None
+        for _ in range(2):  # a second request may find its cache where the first one's graphs expect it
+            assert _tokens(graphed, noise, speculative=False) == reference
+            assert _tokens(graphed, noise, speculative=True, draft_length=4) == reference
+        assert graphed.main.graphs.replayed > 0 and graphed.assistant.graphs.replayed > 0
+    else:
+        assert load().main.graphs is None  # graphs are a CUDA feature
