@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from spec_whisper.audio import decode_audio  # noqa: E402
-from spec_whisper.cost_model import BATCHES, TOKENS  # noqa: E402
+from spec_whisper.cost_model import BATCHES, TOKENS, DecoderCosts, synchronize  # noqa: E402
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
 from spec_whisper.heads import FullHead, ScreenedHead  # noqa: E402
 from spec_whisper.types import DecodingOptions  # noqa: E402
@@ -48,12 +48,6 @@ class Run:
     @property
     def n_tokens(self) -> int:
         return sum(len(t) for t in self.tokens)
-
-
-def synchronize() -> None:
-    """Wait for queued GPU work, so that a wall-clock reading includes it (no-op without a GPU)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def _timed(fn: Callable, repeat: int = 20) -> float:
@@ -226,6 +220,21 @@ def format_table(runs: list[Run], reference: Run) -> str:
     return "\n".join(rows)
 
 
+def cost_table(costs: DecoderCosts, digits: int = 1) -> str:
+    """The measured pass costs in one line: verify passes by batch x tokens, then draft steps."""
+    return (
+        "Measured verify pass (ms) by batch x tokens, rows "
+        + ", ".join(str(b) for b in BATCHES)
+        + "; columns "
+        + ", ".join(str(t) for t in TOKENS)
+        + ": "
+        + "; ".join(" ".join(f"{1000 * v:.{digits}f}" for v in row) for row in costs.verify)
+        + "; draft step (ms) "
+        + " ".join(f"{1000 * v:.{digits}f}" for v in costs.draft)
+        + "."
+    )
+
+
 def engine_arguments(description: str, clips: int) -> argparse.ArgumentParser:
     """The options every in-process engine benchmark takes: models, clips, batches, threads, record."""
     parser = argparse.ArgumentParser(
@@ -321,18 +330,7 @@ def main() -> None:
                 f"speed ({greedy.decode_s:.2f} s -> {spec.decode_s:.2f} s), "
                 f"identical tokens: {spec.tokens == greedy.tokens}."
             )
-    verify = engine.costs().verify
-    lines.append(
-        "Measured verify pass (ms) by batch x tokens, rows "
-        + ", ".join(str(b) for b in BATCHES)
-        + "; columns "
-        + ", ".join(str(t) for t in TOKENS)
-        + ": "
-        + "; ".join(" ".join(f"{1000 * v:.1f}" for v in row) for row in verify)
-        + "; draft step (ms) "
-        + " ".join(f"{1000 * v:.1f}" for v in engine.costs().draft)
-        + "."
-    )
+    lines.append(cost_table(engine.costs()))
     report = "\n".join(lines)
     print(report)
     record(args.record, "Engine", report)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .decoder import DecoderCache, WhisperDecoderRunner
 
-__all__ = ["DecoderCosts", "best_draft_length", "best_extension"]
+__all__ = ["DecoderCosts", "best_draft_length", "best_extension", "synchronize"]
 
 BATCHES = (1, 2, 4, 8, 16)
 TOKENS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 17)
@@ -101,14 +101,18 @@ def _no_mask(logits: Tensor) -> Tensor:
     return logits
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a wall-clock reading includes it (a no-op without a GPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _seconds(run: Callable[[], object]) -> float:
     """Wall time of `run` until its device work is done (a GPU runs it asynchronously)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    synchronize()
     began = time.perf_counter()
     run()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    synchronize()
     return time.perf_counter() - began
 
 
