@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +104,27 @@ def _digest(value: object) -> str:
 
 
 def default_threads() -> int:
-    """Two threads on an idle 2-core machine; one while other processes hold the cores, because an
-    OpenMP team whose second thread is descheduled waits at every barrier (measured here under a
-    load of 9: a whisper-base decoder step took 754 ms with 2 threads, 68 ms with 1)."""
-    return 1 if os.getloadavg()[0] > 1.0 else 2
+    """As many threads as cores are idle now (two on an idle 2-core machine), at least one: an OpenMP
+    team whose threads are descheduled waits at every barrier (measured here under a load of 9: a
+    whisper-base decoder step took 754 ms with 2 threads, 68 ms with 1). Idle cores are sampled, not
+    read from the load average, which lags by a minute: right after the set-up's own installs it
+    read above 1.0 on an idle machine and halved the distillation's speed."""
+    return max(1, min(os.cpu_count() or 1, round(idle_cores())))
+
+
+def idle_cores(seconds: float = 0.5) -> float:
+    """Cores left idle over the next `seconds` (Linux's /proc/stat; elsewhere the load average)."""
+    try:
+        before = _cpu_times()
+        time.sleep(seconds)
+        after = _cpu_times()
+    except OSError:
+        return (os.cpu_count() or 1) - os.getloadavg()[0]
+    total, idle = (a - b for a, b in zip(after, before, strict=True))
+    return (os.cpu_count() or 1) * idle / total if total else 0.0
+
+
+def _cpu_times() -> tuple[int, int]:
+    """Total and idle (with I/O wait) jiffies of all cores since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,7 @@ from spec_whisper.distillation import (
     label_clips,
     train,
 )
+from spec_whisper.distillation.config import default_threads, idle_cores
 from spec_whisper.distillation.student import _ffn_within_budget
 from spec_whisper.engine import SpeculativeWhisper
 from spec_whisper.loading import make_tiny_models
@@ -237,3 +242,17 @@ def _full_loss(assistant: WhisperForCausalLM, data: LabelledSet, vocab: list[int
     batch = _collate(data, _targets(data, vocab, 51865, END), list(range(len(data.inputs))), END)
     with torch.no_grad():
         return _loss(assistant, head, batch, CONFIG.hard_weight)[0].item()
+
+
+def test_threads_follow_idle_cores_not_the_load_average() -> None:
+    """A core kept busy by another process is seen at once, and never leaves fewer than one thread."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = idle_cores(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    cores = os.cpu_count() or 1
+    assert 0.0 <= busy <= cores - 0.5
+    assert 1 <= default_threads() <= cores
