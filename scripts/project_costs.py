@@ -23,7 +23,7 @@ from transformers.models.whisper.modeling_whisper import WhisperDecoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spec_whisper.cost_model import BATCHES, DecoderCosts
+from spec_whisper.cost_model import BATCHES, DecoderCosts, expected_tokens
 from spec_whisper.decoder import WhisperDecoderRunner
 from spec_whisper.drafters import MAX_DRAFT
 from spec_whisper.loading import PRECISIONS
@@ -58,11 +58,8 @@ def random_decoder(
 
 def expected_speed_up(costs: DecoderCosts, batch: int, acceptance: float) -> tuple[int, float]:
     """The draft length with the most expected tokens per second, and its gain over k = 0."""
-    seconds = costs.pass_s(batch, MAX_DRAFT)
-    k = torch.arange(MAX_DRAFT + 1, dtype=torch.float64)
-    # Per row and pass: the drafts accepted before the first miss, plus the main model's own token.
-    tokens = batch * (1 - acceptance ** (k + 1)) / (1 - acceptance)
-    rate = tokens / seconds
+    tokens = expected_tokens(torch.full((batch,), acceptance), MAX_DRAFT)
+    rate = tokens / costs.pass_s(batch, MAX_DRAFT)
     best = int(rate.argmax())
     return best, float(rate[best] / rate[0])
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .decoder import DecoderCache, WhisperDecoderRunner
 
-__all__ = ["DecoderCosts", "best_draft_length", "best_extension", "synchronize"]
+__all__ = ["DecoderCosts", "best_draft_length", "best_extension", "expected_tokens", "synchronize"]
 
 BATCHES = (1, 2, 4, 8, 16)
 TOKENS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 17)
@@ -129,6 +129,20 @@ def best_draft_length(costs: DecoderCosts, acceptance: Tensor, maximum: int) -> 
     return best_extension(costs, acceptance, maximum)
 
 
+def expected_tokens(
+    acceptance: Tensor, more: int, chain: Tensor | None = None, base: float | None = None
+) -> Tensor:
+    """Tokens a pass is expected to commit `[more + 1]` if it drafts 0..more further tokens. Row b's
+    drafts so far are all right with probability `chain[b]` (1 before drafting), each further one with
+    probability `acceptance[b]`; `base` is what the pass commits so far (the batch size before
+    drafting: every row gets the main model's own token)."""
+    batch = len(acceptance)
+    chain = torch.ones(batch, dtype=torch.float64) if chain is None else chain.double()
+    base = float(batch) if base is None else base
+    further = (acceptance.double()[:, None] ** torch.arange(1, more + 1)).cumsum(dim=1)
+    return base + torch.cat([torch.zeros(1, dtype=torch.float64), (chain[:, None] * further).sum(dim=0)])
+
+
 def best_extension(
     costs: DecoderCosts,
     acceptance: Tensor,
@@ -138,15 +152,10 @@ def best_extension(
     expected: float | None = None,
 ) -> int:
     """How many drafts to add to the `drafted` already made for the most expected tokens per second
-    over the whole pass. Row b's drafts so far are all right with probability `chain[b]` (the
-    assistant's own probabilities multiplied; 1 before drafting), each further one with probability
-    `acceptance[b]`; `expected` is the tokens the pass commits so far (the batch size before drafting)."""
+    over the whole pass (`expected_tokens` of the rows' `acceptance`, `chain` and `expected`)."""
     batch = len(acceptance)
     more = maximum - drafted
     if batch == 0 or more <= 0:
         return 0
-    chain = torch.ones(batch, dtype=torch.float64) if chain is None else chain.double()
-    base = float(batch) if expected is None else expected
-    further = (acceptance.double()[:, None] ** torch.arange(1, more + 1)).cumsum(dim=1)
-    tokens = base + torch.cat([torch.zeros(1, dtype=torch.float64), (chain[:, None] * further).sum(dim=0)])
+    tokens = expected_tokens(acceptance, more, chain, expected)
     return int((tokens / costs.pass_s(batch, maximum)[drafted:]).argmax())

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from spec_whisper.cost_model import BATCHES, TOKENS, DecoderCosts, best_draft_length, best_extension
+from spec_whisper.cost_model import (
+    BATCHES,
+    TOKENS,
+    DecoderCosts,
+    best_draft_length,
+    best_extension,
+    expected_tokens,
+)
 from spec_whisper.drafters import CostModelPolicy
 from spec_whisper.engine import SpeculativeWhisper
 from spec_whisper.loading import make_tiny_models
@@ -97,3 +104,17 @@ def test_engine_measures_costs_and_stays_exact(tiny) -> None:
     none = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=25)] * 3)
     assert [r.tokens for r in none] == [r.tokens for r in plain]
     assert all(r.stats.drafted == 0 for r in none)
+
+
+def test_expected_tokens_is_the_geometric_sum_per_row() -> None:
+    """Each row commits its own token plus drafts accepted before the first miss: sum of a^j."""
+    acceptance = torch.tensor([0.5, 0.8, 0.0])
+    tokens = expected_tokens(acceptance, 6)
+    k = torch.arange(7, dtype=torch.float64)
+    closed_form = sum((1 - a ** (k + 1)) / (1 - a) for a in acceptance.double())
+    torch.testing.assert_close(tokens, closed_form)
+    # Drafts already made count with the chance that they are all right.
+    later = expected_tokens(acceptance, 2, chain=torch.tensor([1.0, 0.5, 0.0]), base=4.0)
+    torch.testing.assert_close(
+        later, torch.tensor([4.0, 4.0 + 0.5 + 0.4, 4.0 + 0.75 + 0.72], dtype=torch.float64)
+    )
