@@ -85,7 +85,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--assistant", type=Path, default=PROJECT_ROOT / "models" / "whisper-base-assistant")
     parser.add_argument("--speech-dir", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="timed decodes per clip and mode (min kept)")
-    parser.add_argument("--threads", type=int, help="default: 2, or 1 while the CPU is busy")
+    parser.add_argument("--threads", type=int, help="default: the cores idle now (at least 1)")
     parser.add_argument("--groups", nargs="*", help="only these groups (en, de, fr, es, pt)")
     parser.add_argument(
         "--data-curve", type=int, default=0, help="steps per data-subset retraining (0: skip)"
