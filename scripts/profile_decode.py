@@ -1,6 +1,6 @@
 """Where the decoding stage's time goes at batch 1, greedy against speculative, on real clips.
 
-    python scripts/profile_decode.py --skip 40 --clips 12
+    python scripts/profile_decode.py --skip 40 --clips 12          # batch 1; --batch 1 8 for more
 
 Times each piece of the engine in place (the methods are wrapped with timers, so the engine runs as
 it always does): the cross-attention keys/values made per request (`new_cache`), the main model's
@@ -12,24 +12,22 @@ measured one; `bench_assistant.py` measures the speed-up itself.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-import soundfile as sf
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spec_whisper import drafters, engine  # noqa: E402
-from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
-from spec_whisper.types import DecodingOptions  # noqa: E402
+from bench_engine import engine_arguments, english_clips, record  # scripts/, beside this file
+
+from spec_whisper import drafters, engine
+from spec_whisper.engine import SpeculativeWhisper
+from spec_whisper.types import DecodingOptions
 
 ORDER = [
     "main new_cache (cross-attention k/v)",
@@ -72,40 +70,41 @@ def instrument(whisper: SpeculativeWhisper) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--main", type=Path, default=PROJECT_ROOT / "models" / "whisper-base")
-    parser.add_argument("--assistant", type=Path, default=PROJECT_ROOT / "models" / "whisper-base-assistant")
-    parser.add_argument("--speech-dir", type=Path, default=PROJECT_ROOT.parent / "shared" / "data" / "speech")
-    parser.add_argument("--skip", type=int, default=40, help="English clips to skip (the distillation's)")
-    parser.add_argument("--clips", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = engine_arguments(__doc__, clips=12)
+    parser.set_defaults(skip=40, batch=[1])  # the clips the distillation held out; one at a time
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    lines = (args.speech_dir / "manifest.jsonl").read_text().splitlines()
-    english = [m for m in map(json.loads, lines) if m["path"].startswith("librispeech_test_other/")]
-    chosen = english[args.skip : args.skip + args.clips]
-    pcm = [sf.read(args.speech_dir / m["path"], dtype="float32")[0] for m in chosen]
-    whisper = SpeculativeWhisper.load(str(args.main), str(args.assistant))
+    pcm = english_clips(args.speech_dir, args.skip, args.clips)
+    whisper = SpeculativeWhisper.load(args.main, args.assistant)
     whisper.costs()  # timed once, before the clock starts
     instrument(whisper)
+    report = []
     with torch.inference_mode():
-        encoded = [whisper.encode(whisper.log_mel([clip])) for clip in pcm]
-        tokens = {}
-        for speculative in (False, True):
-            seconds.clear()
-            calls.clear()
-            began = time.perf_counter()
-            options = [DecodingOptions(language="en", speculative=speculative)]
-            tokens[speculative] = [whisper.decode(states, options)[0].tokens for states in encoded]
-            total = time.perf_counter() - began
-            print(f"\n{'speculative' if speculative else 'greedy'}: {len(pcm)} clips, decoding {total:.2f} s")
-            print("| piece | s | calls | ms per call |\n|---|---|---|---|")
-            for name in sorted(seconds, key=ORDER.index):
-                spent = seconds[name]
-                print(f"| {name} | {spent:.3f} | {calls[name]} | {1000 * spent / calls[name]:.2f} |")
-    print(f"\ntokens identical: {tokens[True] == tokens[False]}")
+        for batch in args.batch:
+            groups = [pcm[i : i + batch] for i in range(0, len(pcm), batch)]
+            encoded = [whisper.encode(whisper.log_mel(group)) for group in groups]
+            tokens = {}
+            for speculative in (False, True):
+                seconds.clear()
+                calls.clear()
+                began = time.perf_counter()
+                tokens[speculative] = [
+                    r.tokens
+                    for states, group in zip(encoded, groups, strict=True)
+                    for r in whisper.decode(
+                        states, [DecodingOptions(language="en", speculative=speculative)] * len(group)
+                    )
+                ]
+                total = time.perf_counter() - began
+                mode = "speculative" if speculative else "greedy"
+                report.append(f"\n{mode}, batch {batch}: {len(pcm)} clips, decoding {total:.2f} s\n")
+                report.append("| piece | s | calls | ms per call |\n|---|---|---|---|")
+                for name in sorted(seconds, key=ORDER.index):
+                    spent, n = seconds[name], calls[name]
+                    report.append(f"| {name} | {spent:.3f} | {n} | {1000 * spent / n:.2f} |")
+            report.append(f"\nbatch {batch}, tokens identical: {tokens[True] == tokens[False]}")
+    print("\n".join(report))
+    record(args.record, "Where decoding time goes", "\n".join(report))
 
 
 if __name__ == "__main__":
