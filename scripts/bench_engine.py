@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from spec_whisper.audio import decode_audio  # noqa: E402
-from spec_whisper.cost_model import BATCHES, TOKENS, DecoderCosts, synchronize  # noqa: E402
+from spec_whisper.cost_model import BATCHES, TOKENS, PassCosts, synchronize  # noqa: E402
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
 from spec_whisper.heads import FullHead, ScreenedHead  # noqa: E402
 from spec_whisper.types import DecodingOptions  # noqa: E402
@@ -220,8 +220,9 @@ def format_table(runs: list[Run], reference: Run) -> str:
     return "\n".join(rows)
 
 
-def cost_table(costs: DecoderCosts, digits: int = 1) -> str:
-    """The measured pass costs in one line: verify passes by batch x tokens, then draft steps."""
+def cost_table(costs: PassCosts, digits: int = 1) -> str:
+    """The measured pass costs in one line: verify passes by batch x tokens, then draft steps (as the
+    engine prices them: the start-up table rescaled by the passes it has run, `LiveCosts`)."""
     return (
         "Measured verify pass (ms) by batch x tokens, rows "
         + ", ".join(str(b) for b in BATCHES)

@@ -3,11 +3,13 @@
     python scripts/bench_policy.py --skip 40 --clips 16 --record docs/benchmarks.md
 
 Policies: plain greedy (no drafts); the cost model choosing the length once per verify pass; the
-cost model deciding again after every draft from the assistant's probabilities (the engine's
-default); the constant k=5 with the +2/-1 heuristic. Each is timed in wall-clock seconds, best of
-`--repeats` rounds taken in turn (these cores are shared and noisy), and in modelled seconds: the
-engine's own measured cost table summed over the passes the policy made, which does not move with
-the machine's mood and shows what the decisions are worth. Outputs are checked identical.
+cost model deciding again after every draft from the assistant's probabilities, with the prices
+the engine learns in place (the engine's default, `LiveCosts`) and with its start-up table alone;
+the constant k=5 with the +2/-1 heuristic. Each is timed in wall-clock seconds, best of `--repeats`
+rounds taken in turn (these cores are shared and noisy), and in modelled seconds: the engine's
+prices as they stood at the start of the last round (the start-up table rescaled by every pass run
+before) summed over the passes the policy made, which does not move with the machine's mood and
+shows what the decisions are worth. Outputs are checked identical.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from bench_engine import engine_arguments, english_clips, record  # noqa: E402  (scripts/, beside this file)
 
-from spec_whisper.cost_model import DecoderCosts  # noqa: E402
+from spec_whisper.cost_model import BATCHES, DecoderCosts, LiveCosts  # noqa: E402
 from spec_whisper.decoder import WhisperDecoderRunner  # noqa: E402
 from spec_whisper.drafters import CostModelPolicy, LengthPolicy  # noqa: E402
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
@@ -41,22 +43,29 @@ class OncePerPassPolicy(CostModelPolicy):
 
 
 class PolicyEngine(SpeculativeWhisper):
-    """The engine, whose cost-model policy can be the once-per-pass one."""
+    """The engine, whose cost-model policy can be the once-per-pass one or price passes by the
+    start-up table alone."""
 
     once_per_pass = False
+    startup_table = False
 
     def length_policy(self, batch: int, draft_length: int | None, adaptive: bool) -> LengthPolicy:
+        costs = self.costs()
+        assert isinstance(costs, LiveCosts)
+        if draft_length is None and self.startup_table:
+            return CostModelPolicy(costs.table, batch)
         if draft_length is None and self.once_per_pass:
-            return OncePerPassPolicy(self.costs(), batch)
+            return OncePerPassPolicy(costs, batch)
         return super().length_policy(batch, draft_length, adaptive)
 
 
-# name: (speculative, draft length, cost model once per pass)
+# name: (speculative, draft length, cost model once per pass, start-up table alone)
 POLICIES = {
-    "greedy": (False, None, False),
-    "cost model, once per pass": (True, None, True),
-    "cost model, after every draft": (True, None, False),
-    "k=5, +2/-1": (True, 5, False),
+    "greedy": (False, None, False, False),
+    "cost model, once per pass": (True, None, True, False),
+    "cost model, after every draft, start-up table": (True, None, False, True),
+    "cost model, after every draft (default)": (True, None, False, False),
+    "k=5, +2/-1": (True, 5, False, False),
 }
 
 
@@ -118,11 +127,12 @@ def main() -> None:
         states = [engine.encode(engine.log_mel(chunk)) for chunk in chunks]
         tallies = {name: Tally() for name in POLICIES}
         for round_ in range(args.repeats):
-            for name, (speculative, draft_length, once_per_pass) in POLICIES.items():
+            prices = DecoderCosts(costs.verify.copy(), costs.draft.copy())
+            for name, (speculative, draft_length, once_per_pass, startup_table) in POLICIES.items():
                 tally = tallies[name]
-                engine.once_per_pass = once_per_pass
+                engine.once_per_pass, engine.startup_table = once_per_pass, startup_table
                 options = DecodingOptions(language="en", speculative=speculative, draft_length=draft_length)
-                counter = CountingRunner(engine, costs)
+                counter = CountingRunner(engine, prices)
                 began = time.perf_counter()
                 results = [
                     r
@@ -131,12 +141,15 @@ def main() -> None:
                 ]
                 tally.wall_s.append(time.perf_counter() - began)
                 counter.close()
+                # Counts and modelled seconds of the last round, with the prices learnt by then.
+                tally.modelled_s = counter.seconds
+                tally.passes = sum(r.stats.main_passes for r in results)
+                tally.drafted = sum(r.stats.drafted for r in results)
+                tally.accepted = sum(r.stats.accepted for r in results)
                 if round_ == 0:
-                    tally.modelled_s = counter.seconds
                     tally.tokens = [r.tokens for r in results]
-                    tally.passes = sum(r.stats.main_passes for r in results)
-                    tally.drafted = sum(r.stats.drafted for r in results)
-                    tally.accepted = sum(r.stats.accepted for r in results)
+                elif [r.tokens for r in results] != tally.tokens:
+                    tally.tokens = []  # not even identical to itself: reported as not identical
         plain = tallies["greedy"]
         for name, tally in tallies.items():
             wall = min(tally.wall_s)
@@ -145,6 +158,16 @@ def main() -> None:
                 f"| {plain.modelled_s / tally.modelled_s:.2f}x | {tally.passes} | {tally.drafted} "
                 f"| {tally.accepted} | {tally.tokens == plain.tokens} |"
             )
+        lines.append("")
+    lines.append(
+        "Prices learnt in place over start-up table, by batch "
+        + ", ".join(str(b) for b in BATCHES)
+        + ": verify "
+        + " ".join(f"{x:.2f}" for x in costs.verify_scale)
+        + "; draft step "
+        + " ".join(f"{x:.2f}" for x in costs.draft_scale)
+        + "."
+    )
     report = "\n".join(lines)
     print(report)
     record(args.record, "Draft-length policies", report)

@@ -8,6 +8,13 @@ for both, so the engine times the passes once (`DecoderCosts.measure`) and each 
 the `k` that maximises expected tokens per second for the rows it holds (`best_draft_length`),
 down to `k = 0`, which is plain greedy decoding. Once drafting, the choice is made again after
 every draft (`best_extension`), now knowing how sure the assistant was of the tokens so far.
+
+The start-up timing runs each pass shape alone, on random encoder states. In place the passes cost
+more, and not in proportion: the main pass evicts the assistant's weights and cross-attention from
+the CPU's caches, a draft step carries the logit filters and the policy, and a shared machine's
+speed drifts (profiled on whisper-base at batch 1: an assistant step 0.23 of a greedy pass in place,
+0.158 in the table). So `LiveCosts` keeps the table's shape and rescales it, per batch size, by the
+verify passes and draft steps decoding actually runs (`PassTime`).
 """
 
 from __future__ import annotations
@@ -22,12 +29,32 @@ from torch import Tensor
 
 from .decoder import DecoderCache, WhisperDecoderRunner
 
-__all__ = ["DecoderCosts", "best_draft_length", "best_extension", "expected_tokens", "synchronize"]
+__all__ = [
+    "DecoderCosts",
+    "LiveCosts",
+    "PassTime",
+    "best_draft_length",
+    "best_extension",
+    "expected_tokens",
+    "synchronize",
+]
 
 BATCHES = (1, 2, 4, 8, 16)
 TOKENS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 17)
 # Where in the sequence the timed passes sit: a typical utterance's middle.
 _POSITION = 40
+
+
+@dataclass(frozen=True)
+class PassTime:
+    """Wall time of one speculative pass as decoding ran it: `drafts` assistant steps for `rows` rows,
+    then one main pass over `tokens` tokens per row."""
+
+    rows: int
+    tokens: int
+    drafts: int
+    draft_s: float
+    verify_s: float
 
 
 @dataclass(frozen=True)
@@ -51,11 +78,21 @@ class DecoderCosts:
 
     def pass_s(self, batch: int, maximum: int) -> Tensor:
         """Seconds of one verify pass of `batch` rows with k = 0..maximum drafts, drafting included."""
+        verify, drafting = self.pass_parts(batch, maximum)
+        return verify + drafting
+
+    def pass_parts(self, batch: int, maximum: int) -> tuple[Tensor, Tensor]:
+        """`pass_s` as its verify and its drafting seconds, each `[maximum + 1]`."""
         key = (batch, maximum)
         if key not in self._pass_s:
-            seconds = [self.verify_s(batch, k + 1) + k * self.draft_s(batch) for k in range(maximum + 1)]
-            self._pass_s[key] = torch.tensor(seconds, dtype=torch.float64)
-        return self._pass_s[key]
+            verify = [self.verify_s(batch, k + 1) for k in range(maximum + 1)]
+            drafting = [k * self.draft_s(batch) for k in range(maximum + 1)]
+            self._pass_s[key] = torch.tensor([verify, drafting], dtype=torch.float64)
+        verify, drafting = self._pass_s[key]
+        return verify, drafting
+
+    def observe(self, timed: PassTime) -> None:
+        """A fixed table learns nothing from the passes decoding runs (`LiveCosts` does)."""
 
     @classmethod
     @torch.inference_mode()
@@ -97,6 +134,66 @@ class DecoderCosts:
         return cls(verify, draft)
 
 
+class LiveCosts:
+    """A `DecoderCosts` table rescaled by what passes cost in place.
+
+    For each of the table's batch sizes, an exponential average (in log space, each reading's ratio
+    clamped to [1/4, 4] so that one stall cannot swing it) of measured over tabled seconds, one for
+    verify passes and one for draft steps; a batch between two table sizes takes the nearer's scales.
+    The draft length depends on the ratio of the two prices, which the table alone gets wrong.
+    """
+
+    def __init__(self, table: DecoderCosts, weight: float = 0.1) -> None:
+        self.table = table
+        self.weight = weight
+        self.verify_scale = np.ones(len(BATCHES))
+        self.draft_scale = np.ones(len(BATCHES))
+
+    @property
+    def verify(self) -> np.ndarray:
+        """The table's `verify` as rescaled so far."""
+        return self.table.verify * self.verify_scale[:, None]
+
+    @property
+    def draft(self) -> np.ndarray:
+        return self.table.draft * self.draft_scale
+
+    @staticmethod
+    def _size(batch: int) -> int:
+        return int(np.abs(np.log(BATCHES) - np.log(batch)).argmin())
+
+    def verify_s(self, batch: int, tokens: int) -> float:
+        return self.table.verify_s(batch, tokens) * self.verify_scale[self._size(batch)]
+
+    def draft_s(self, batch: int) -> float:
+        return self.table.draft_s(batch) * self.draft_scale[self._size(batch)]
+
+    def pass_s(self, batch: int, maximum: int) -> Tensor:
+        verify, drafting = self.table.pass_parts(batch, maximum)
+        size = self._size(batch)
+        return verify * self.verify_scale[size] + drafting * self.draft_scale[size]
+
+    def observe(self, timed: PassTime) -> None:
+        size = self._size(timed.rows)
+        self.verify_scale[size] = self._updated(
+            self.verify_scale[size], timed.verify_s / self.table.verify_s(timed.rows, timed.tokens)
+        )
+        if timed.drafts:
+            per_step = timed.draft_s / timed.drafts
+            self.draft_scale[size] = self._updated(
+                self.draft_scale[size], per_step / self.table.draft_s(timed.rows)
+            )
+
+    def _updated(self, scale: float, ratio: float) -> float:
+        if not np.isfinite(ratio) or ratio <= 0:  # a table without an assistant's timings
+            return scale
+        reading = np.log(np.clip(ratio, 0.25, 4.0))
+        return float(np.exp((1 - self.weight) * np.log(scale) + self.weight * reading))
+
+
+PassCosts = DecoderCosts | LiveCosts
+
+
 def _no_mask(logits: Tensor) -> Tensor:
     return logits
 
@@ -124,7 +221,7 @@ def _decisive_states(runner: WhisperDecoderRunner, rows: int) -> Tensor:
     return weight / weight.norm(dim=-1, keepdim=True) * 10 * weight.shape[-1] ** 0.5
 
 
-def best_draft_length(costs: DecoderCosts, acceptance: Tensor, maximum: int) -> int:
+def best_draft_length(costs: PassCosts, acceptance: Tensor, maximum: int) -> int:
     """The `k` in 0..maximum with the most committed tokens per second for rows of these acceptances."""
     return best_extension(costs, acceptance, maximum)
 
@@ -144,7 +241,7 @@ def expected_tokens(
 
 
 def best_extension(
-    costs: DecoderCosts,
+    costs: PassCosts,
     acceptance: Tensor,
     maximum: int,
     drafted: int = 0,

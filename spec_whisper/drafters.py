@@ -8,7 +8,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .cost_model import DecoderCosts, best_draft_length, best_extension
+from .cost_model import PassCosts, PassTime, best_draft_length, best_extension
 from .decoder import DecoderCache, Head, WhisperDecoderRunner
 
 __all__ = ["MAX_DRAFT", "AssistantDrafter", "CostModelPolicy", "DraftLengthPolicy", "Drafter", "LengthPolicy"]
@@ -21,8 +21,8 @@ class Drafter(Protocol):
         """Draft tokens `[B, k]` continuing `seq[b, :length[b]]` for every row, `0 <= k <= room`
         (`k = 0`: the next verify pass is a plain greedy step)."""
 
-    def observe(self, n_accepted: Tensor, k: int) -> None:
-        """Learn from how many of the `k` drafted tokens each row accepted."""
+    def observe(self, n_accepted: Tensor, k: int, timed: PassTime | None = None) -> None:
+        """Learn from how many of the `k` drafted tokens each row accepted, and what the pass cost."""
 
     def keep(self, rows: Tensor) -> None:
         """Drop finished rows; `rows` are the indices of those still decoding."""
@@ -36,7 +36,7 @@ class LengthPolicy(Protocol):
         """Whether to draft one more token after `drafted`; `chain[b]` is the assistant's probability
         that row b's drafts are all right and `expected` the tokens the pass would commit."""
 
-    def observe(self, n_accepted: Tensor, k: int) -> None: ...
+    def observe(self, n_accepted: Tensor, k: int, timed: PassTime | None = None) -> None: ...
     def keep(self, rows: Tensor) -> None: ...
 
 
@@ -58,7 +58,7 @@ class DraftLengthPolicy:
     def extend(self, drafted: int, chain: Tensor, expected: float) -> bool:
         return drafted < self.current()
 
-    def observe(self, n_accepted: Tensor, k: int) -> None:
+    def observe(self, n_accepted: Tensor, k: int, timed: PassTime | None = None) -> None:
         if self.adaptive and k > 0:
             grown = torch.where(n_accepted >= k, self.lengths + 2, (self.lengths - 1).clamp(min=1))
             self.lengths = grown.clamp(max=self.maximum)
@@ -76,12 +76,13 @@ class CostModelPolicy:
     short ones or none (plain greedy) when a large batch makes every verified token cost full price.
     After each draft the choice is made again with what the assistant said of its own tokens: a
     confident run goes on, an unsure token ends the draft (held-out English, 6k head: 86% of the
-    tokens it gives at least 0.5 are right, 28% of the others).
+    tokens it gives at least 0.5 are right, 28% of the others). `LiveCosts` learn the prices in
+    place from every pass this policy observes; a fixed `DecoderCosts` table stays as it is.
     """
 
     def __init__(
         self,
-        costs: DecoderCosts,
+        costs: PassCosts,
         batch: int,
         prior: float = 0.7,
         prior_weight: float = 4.0,
@@ -99,7 +100,9 @@ class CostModelPolicy:
         acceptance = self.accepted / self.trials
         return best_extension(self.costs, acceptance, self.maximum, drafted, chain, expected) > 0
 
-    def observe(self, n_accepted: Tensor, k: int) -> None:
+    def observe(self, n_accepted: Tensor, k: int, timed: PassTime | None = None) -> None:
+        if timed is not None:
+            self.costs.observe(timed)
         if k > 0:
             accepted = n_accepted.float()
             self.accepted += accepted
@@ -158,9 +161,9 @@ class AssistantDrafter:
         self._drafted_from = length
         return torch.cat(drafts, dim=1).cpu()
 
-    def observe(self, n_accepted: Tensor, k: int) -> None:
+    def observe(self, n_accepted: Tensor, k: int, timed: PassTime | None = None) -> None:
         self.fed = torch.minimum(self.fed, self._drafted_from + n_accepted)
-        self.policy.observe(n_accepted, k)
+        self.policy.observe(n_accepted, k, timed)
 
     def keep(self, rows: Tensor) -> None:
         self.cache = self.cache.select(rows)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .core_turns import CoreTurns
-from .cost_model import DecoderCosts
+from .cost_model import DecoderCosts, LiveCosts, PassCosts
 from .decoder import WhisperDecoderRunner, shared_cross_attention
 from .drafters import AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
 from .features import LogMelSpectrogram
@@ -65,7 +65,7 @@ class SpeculativeWhisper:
         self.features = LogMelSpectrogram(self.n_mels).to(self.device)
         self.main: WhisperDecoderRunner | None = None
         self.assistant: WhisperDecoderRunner | None = None
-        self._costs: DecoderCosts | None = None
+        self._costs: PassCosts | None = None
         if "decoder" in self.stages:
             self.main = WhisperDecoderRunner(
                 models.main.model.decoder, models.main.proj_out.weight, cuda_graphs=cuda_graphs
@@ -118,13 +118,14 @@ class SpeculativeWhisper:
         models = load_models(main, assistant, precision, device, assistant_encoder)
         return cls(models, device, stages, int8_assistant, turns, cuda_graphs)
 
-    def costs(self) -> DecoderCosts:
-        """Measured pass costs that pick the draft length (timed on first use: a few seconds)."""
+    def costs(self) -> PassCosts:
+        """Measured pass costs that pick the draft length: timed on first use (a few seconds), then
+        rescaled by every speculative pass this engine runs (`LiveCosts`)."""
         if self._costs is None:
             assert self.main is not None, "no decoder stage"
             frames = self.models.main.config.max_source_positions
             with self.turns():  # timed on cores no other stage is using
-                self._costs = DecoderCosts.measure(self.main, self.assistant, frames)
+                self._costs = LiveCosts(DecoderCosts.measure(self.main, self.assistant, frames))
         return self._costs
 
     def check_language(self, language: str | None) -> None:

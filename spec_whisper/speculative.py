@@ -10,6 +10,7 @@ products on their device, which hands back only the few tokens each pass chose.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from .cost_model import PassTime
 from .decoder import DecoderCache, WhisperDecoderRunner, compaction_order
 from .drafters import MAX_DRAFT, Drafter
 from .logit_filters import LogitFilter, apply_filters
@@ -62,14 +64,17 @@ def generate(
         filter_at = partial(_filter_at, filters, length - prompt_len)
         with turn():
             # 1. Draft, never past the last cache slot.
+            began = time.perf_counter()
             room = main.max_positions - int(length.max())
             draft = drafter.propose(seq, length, room, filter_at) if drafter else seq.new_empty(len(rows), 0)
             k = draft.shape[1]
+            drafted = time.perf_counter()
             # 2. Verify the pending token(s) plus the drafts in one forward.
             start = length - pending
             tokens = torch.cat([seq.gather(1, start[:, None] + torch.arange(pending)), draft], dim=1)
             mask = partial(filter_at, offset=torch.arange(k + 1))
             greedy = main.greedy(tokens, start, cache, mask, k + 1).cpu()
+            timed = PassTime(len(rows), tokens.shape[1], k, drafted - began, time.perf_counter() - drafted)
         # 3. Each row keeps its drafts up to its first mismatch, plus the main model's next token.
         n_accepted = (draft == greedy[:, :k]).cumprod(dim=1).sum(dim=1)
         seq.scatter_(1, length[:, None] + torch.arange(k + 1), greedy)
@@ -83,7 +88,7 @@ def generate(
         )
         if k:
             histogram[rows, n_accepted] += 1
-            drafter.observe(n_accepted, k)
+            drafter.observe(n_accepted, k, timed)
         # 4. Retire finished rows from every cache.
         finished = ended | (length >= limit)
         if finished.any():

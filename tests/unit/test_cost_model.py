@@ -12,6 +12,8 @@ from spec_whisper.cost_model import (
     BATCHES,
     TOKENS,
     DecoderCosts,
+    LiveCosts,
+    PassTime,
     best_draft_length,
     best_extension,
     expected_tokens,
@@ -94,6 +96,11 @@ def test_engine_measures_costs_and_stays_exact(tiny) -> None:
     pcm = [(0.1 * rng.standard_normal(16000 * s)).astype(np.float32) for s in (3, 7, 11)]
     states = engine.encode(engine.log_mel(pcm))
     plain = engine.decode(states, [DecodingOptions(language="en", speculative=False, max_new_tokens=25)] * 3)
+    # Speculative passes run in place rescale the prices of their batch size, and only those.
+    live = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=25)] * 3)
+    assert [r.tokens for r in live] == [r.tokens for r in plain]
+    if any(r.stats.drafted for r in live):
+        assert costs.verify_scale[BATCHES.index(4)] != 1.0 and costs.verify_scale[BATCHES.index(16)] == 1.0
     # Verification made free: the identical assistant drafts long and every draft is accepted.
     engine._costs = _costs(0.0, 0.01)
     auto = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=25)] * 3)
@@ -118,3 +125,51 @@ def test_expected_tokens_is_the_geometric_sum_per_row() -> None:
     torch.testing.assert_close(
         later, torch.tensor([4.0, 4.0 + 0.5 + 0.4, 4.0 + 0.75 + 0.72], dtype=torch.float64)
     )
+
+
+def _pass(
+    rows: int, tokens: int, drafts: int, costs: DecoderCosts, verify_x: float, draft_x: float
+) -> PassTime:
+    """A pass that cost `verify_x` and `draft_x` times what the table says."""
+    verify = costs.verify_s(rows, tokens) * verify_x
+    return PassTime(rows, tokens, drafts, drafts * costs.draft_s(rows) * draft_x, verify)
+
+
+def test_live_costs_follow_the_passes_run_in_place() -> None:
+    table = _costs(0.02, 0.05)
+    live = LiveCosts(table, weight=0.2)
+    assert live.pass_s(1, 16).tolist() == table.pass_s(1, 16).tolist()  # nothing seen yet
+    for _ in range(60):  # drafts at 3x the table's price, verification as tabled
+        live.observe(_pass(1, 4, 3, table, verify_x=1.0, draft_x=3.0))
+    assert live.draft_s(1) == pytest.approx(3 * table.draft_s(1), rel=1e-3)
+    assert live.verify_s(1, 4) == pytest.approx(table.verify_s(1, 4))
+    assert live.draft_s(16) == table.draft_s(16)  # other batch sizes keep their own prices
+    expected = table.pass_parts(1, 16)[0] + 3 * table.pass_parts(1, 16)[1]
+    torch.testing.assert_close(live.pass_s(1, 16), expected, rtol=1e-3, atol=0)
+    assert live.draft[0] == pytest.approx(3 * table.draft[0], rel=1e-3) and live.draft[-1] == table.draft[-1]
+    # Dearer drafts, shorter drafts: the length the table alone would pick is now too long.
+    acceptance = torch.tensor([0.8])
+    assert best_draft_length(live, acceptance, 16) < best_draft_length(table, acceptance, 16)
+
+
+def test_one_stalled_pass_moves_the_prices_a_bounded_step() -> None:
+    table = _costs(0.02, 0.05)
+    live = LiveCosts(table, weight=0.1)
+    live.observe(_pass(2, 3, 2, table, verify_x=1000.0, draft_x=1000.0))  # the machine paused
+    assert live.verify_scale[BATCHES.index(2)] == pytest.approx(4**0.1)
+    assert live.draft_scale[BATCHES.index(2)] == pytest.approx(4**0.1)
+    live.observe(_pass(2, 3, 0, table, verify_x=1.0, draft_x=1.0))  # no drafts: draft price untouched
+    assert live.draft_scale[BATCHES.index(2)] == pytest.approx(4**0.1)
+    assert live.verify_scale[BATCHES.index(2)] == pytest.approx(4**0.09)
+
+
+def test_a_fixed_table_and_the_policy_learn_from_passes() -> None:
+    """The policy hands every pass's time to its costs: a `LiveCosts` learns, a table stays fixed."""
+    table = _costs(0.02, 0.05)
+    before = table.pass_s(1, 16).clone()
+    fixed, live = CostModelPolicy(table, batch=1), CostModelPolicy(LiveCosts(table, weight=0.5), batch=1)
+    for policy in (fixed, live):
+        for _ in range(10):
+            policy.observe(torch.tensor([2]), 3, _pass(1, 4, 3, table, verify_x=1.0, draft_x=4.0))
+    assert torch.equal(table.pass_s(1, 16), before)
+    assert live.current() < fixed.current()
