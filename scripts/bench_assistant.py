@@ -191,6 +191,11 @@ def cost_model(engine: SpeculativeWhisper, timing: dict[str, float], draft_ms: f
     states = torch.randn(1, 1500, engine.main.d_model)
     verify_ms = step_ms(engine.main, states, width)
     predicted = tokens_per_pass * main_ms / (verify_ms + drafts_per_pass * draft_ms)
+    # The same prices as the engine has learnt them from the passes it ran (`LiveCosts`): the main
+    # pass evicts the assistant from the caches, and each step carries its filters and policy.
+    live = engine.costs()
+    step = live.verify_s(1, 1)
+    in_place = (live.draft_s(1) / step, live.verify_s(1, width) / step)
     return {
         "main_step_ms": main_ms,
         "draft_step_ms": draft_ms,
@@ -200,6 +205,9 @@ def cost_model(engine: SpeculativeWhisper, timing: dict[str, float], draft_ms: f
         "drafts_per_pass": drafts_per_pass,
         "tokens_per_pass": tokens_per_pass,
         "predicted_speedup": predicted,
+        "in_place_draft_fraction": in_place[0],
+        "in_place_verify_fraction": in_place[1],
+        "in_place_predicted_speedup": tokens_per_pass / (in_place[1] + drafts_per_pass * in_place[0]),
     }
 
 
@@ -341,7 +349,9 @@ def main() -> int:
         )
         print(
             f"cost model: draft step {costs['draft_fraction']:.3f}, verify of {costs['verify_width']} tokens "
-            f"{costs['verify_fraction']:.3f} of a main step -> predicted {costs['predicted_speedup']:.2f}x"
+            f"{costs['verify_fraction']:.3f} of a main step -> predicted {costs['predicted_speedup']:.2f}x; "
+            f"as priced in place: draft step {costs['in_place_draft_fraction']:.3f}, verify "
+            f"{costs['in_place_verify_fraction']:.3f} -> {costs['in_place_predicted_speedup']:.2f}x"
         )
 
     # Projection: the same acceptance with large-v2's decoder and distil-large-v2's 2 layers.
