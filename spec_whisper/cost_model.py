@@ -9,12 +9,12 @@ the `k` that maximises expected tokens per second for the rows it holds (`best_d
 down to `k = 0`, which is plain greedy decoding. Once drafting, the choice is made again after
 every draft (`best_extension`), now knowing how sure the assistant was of the tokens so far.
 
-The start-up timing runs each pass shape alone, on random encoder states. In place the passes cost
-more, and not in proportion: the main pass evicts the assistant's weights and cross-attention from
-the CPU's caches, a draft step carries the logit filters and the policy, and a shared machine's
-speed drifts (profiled on whisper-base at batch 1: an assistant step 0.23 of a greedy pass in place,
-0.158 in the table). So `LiveCosts` keeps the table's shape and rescales it, per batch size, by the
-verify passes and draft steps decoding actually runs (`PassTime`).
+The start-up timing runs each pass shape alone, on random encoder states, once. In place the passes
+cost more (the main pass evicts the assistant's weights and cross-attention from the CPU's caches, a
+draft step carries the logit filters and the policy; whisper-base at batch 1: both about a third
+more), and a shared machine's speed drifts after the timing (a table timed on another day put the
+assistant's step at 0.158 of a main step instead of 0.23). So `LiveCosts` keeps the table's shape
+and rescales it, per batch size, by the verify passes and draft steps decoding runs (`PassTime`).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class LiveCosts:
     For each of the table's batch sizes, an exponential average (in log space, each reading's ratio
     clamped to [1/4, 4] so that one stall cannot swing it) of measured over tabled seconds, one for
     verify passes and one for draft steps; a batch between two table sizes takes the nearer's scales.
-    The draft length depends on the ratio of the two prices, which the table alone gets wrong.
+    The draft length depends on the ratio of the two prices, which can drift from the table's.
     """
 
     def __init__(self, table: DecoderCosts, weight: float = 0.1) -> None:
