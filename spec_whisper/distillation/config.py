@@ -38,9 +38,11 @@ class DistilConfig:
     top_k: int = 16
     hard_weight: float = 0.5
     # Tokens the head is trained over (the most frequent of the training transcripts first) and
-    # the shortlist saved for the engine (a prefix of the same order).
+    # the shortlist saved for the engine (a prefix of the same order). Held-out English with its own
+    # list: 6k 75.2%, 8k 76.7%, 10k 77.8%, 12k 78.5%, 16k 78.5%, full head 79.1%; a 12k int8 head reads
+    # 6 MB per draft step, about 3% of it (docs/benchmarks.md, 2026-12-02).
     train_vocab: int = 8192
-    shortlist: int = 6144
+    shortlist: int = 12288
     # Also a shortlist per language of the training data, of the same size, with that language's
     # everyday vocabulary (`vocabulary.word_token_order`); the engine drafts each language with its own.
     language_shortlists: bool = True
