@@ -64,8 +64,8 @@ class DecoderCosts:
 
     verify: np.ndarray
     draft: np.ndarray
-    # pass_s results by (batch, maximum): the draft-length choice runs every verify pass.
-    _pass_s: dict[tuple[int, int], Tensor] = field(
+    # pass_parts results by (batch, maximum), stacked: the draft-length choice runs every verify pass.
+    _pass_parts: dict[tuple[int, int], Tensor] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
 
@@ -84,11 +84,11 @@ class DecoderCosts:
     def pass_parts(self, batch: int, maximum: int) -> tuple[Tensor, Tensor]:
         """`pass_s` as its verify and its drafting seconds, each `[maximum + 1]`."""
         key = (batch, maximum)
-        if key not in self._pass_s:
+        if key not in self._pass_parts:
             verify = [self.verify_s(batch, k + 1) for k in range(maximum + 1)]
             drafting = [k * self.draft_s(batch) for k in range(maximum + 1)]
-            self._pass_s[key] = torch.tensor([verify, drafting], dtype=torch.float64)
-        verify, drafting = self._pass_s[key]
+            self._pass_parts[key] = torch.tensor([verify, drafting], dtype=torch.float64)
+        verify, drafting = self._pass_parts[key]
         return verify, drafting
 
     def observe(self, timed: PassTime) -> None:
