@@ -74,7 +74,7 @@ def generate(
             tokens = torch.cat([seq.gather(1, start[:, None] + torch.arange(pending)), draft], dim=1)
             mask = partial(filter_at, offset=torch.arange(k + 1))
             greedy = main.greedy(tokens, start, cache, mask, k + 1).cpu()
-            timed = PassTime(len(rows), tokens.shape[1], k, drafted - began, time.perf_counter() - drafted)
+            verified = time.perf_counter()
         # 3. Each row keeps its drafts up to its first mismatch, plus the main model's next token.
         n_accepted = (draft == greedy[:, :k]).cumprod(dim=1).sum(dim=1)
         seq.scatter_(1, length[:, None] + torch.arange(k + 1), greedy)
@@ -88,6 +88,7 @@ def generate(
         )
         if k:
             histogram[rows, n_accepted] += 1
+            timed = PassTime(len(rows), tokens.shape[1], k, drafted - began, verified - drafted)
             drafter.observe(n_accepted, k, timed)
         # 4. Retire finished rows from every cache.
         finished = ended | (length >= limit)
