@@ -35,7 +35,7 @@ def inputs(
     language: str | None = None,
     task: str | None = None,
     speculative: bool | None = None,
-    **scalars: int,
+    **scalars: int | None,
 ) -> list[Any]:
     """InferInputs for `whisper` (module: tritonclient.grpc or tritonclient.http), batch dimension 1."""
     tensors: list[tuple[str, np.ndarray, str]] = []
@@ -52,6 +52,8 @@ def inputs(
     if speculative is not None:
         tensors.append(("SPECULATIVE", np.array([[speculative]], dtype=bool), "BOOL"))
     for name, value in scalars.items():
+        if value is None:  # not sent: the server's default
+            continue
         tensors.append((name.upper(), np.array([[value]], dtype=np.int32), "INT32"))
     built = []
     for name, array, dtype in tensors:
