@@ -78,6 +78,11 @@ class CostModelPolicy:
     confident run goes on, an unsure token ends the draft (held-out English, 6k head: 86% of the
     tokens it gives at least 0.5 are right, 28% of the others). `LiveCosts` learn the prices in
     place from every pass this policy observes; a fixed `DecoderCosts` table stays as it is.
+
+    Prices and acceptance are learnt only from passes that draft, so a policy that has stopped
+    drafting would never find out that drafting pays again (the prices of a shared machine swing
+    for a while, a row's speech grows easier). After `probe_every` plain passes in a row it drafts
+    one token, which costs a batch of 16 about 1% of its passes.
     """
 
     def __init__(
@@ -87,14 +92,18 @@ class CostModelPolicy:
         prior: float = 0.7,
         prior_weight: float = 4.0,
         maximum: int = MAX_DRAFT,
+        probe_every: int = 32,
     ) -> None:
         self.costs = costs
         self.accepted = torch.full((batch,), prior * prior_weight)
         self.trials = torch.full((batch,), float(prior_weight))
         self.maximum = maximum
+        self.probe_every = probe_every
+        self.plain_passes = 0  # in a row
 
     def current(self) -> int:
-        return best_draft_length(self.costs, self.accepted / self.trials, self.maximum)
+        best = best_draft_length(self.costs, self.accepted / self.trials, self.maximum)
+        return 1 if best == 0 and self.plain_passes >= self.probe_every else best
 
     def extend(self, drafted: int, chain: Tensor, expected: float) -> bool:
         acceptance = self.accepted / self.trials
@@ -103,6 +112,7 @@ class CostModelPolicy:
     def observe(self, n_accepted: Tensor, k: int, timed: PassTime | None = None) -> None:
         if timed is not None:
             self.costs.observe(timed)
+        self.plain_passes = 0 if k else self.plain_passes + 1
         if k > 0:
             accepted = n_accepted.float()
             self.accepted += accepted
@@ -162,7 +172,8 @@ class AssistantDrafter:
         return torch.cat(drafts, dim=1).cpu()
 
     def observe(self, n_accepted: Tensor, k: int, timed: PassTime | None = None) -> None:
-        self.fed = torch.minimum(self.fed, self._drafted_from + n_accepted)
+        if k:  # a plain pass left the cache as it was
+            self.fed = torch.minimum(self.fed, self._drafted_from + n_accepted)
         self.policy.observe(n_accepted, k, timed)
 
     def keep(self, rows: Tensor) -> None:

@@ -88,6 +88,7 @@ def generate(
         )
         if k:
             histogram[rows, n_accepted] += 1
+        if drafter is not None:  # plain passes too: their price is what drafting must beat
             timed = PassTime(len(rows), tokens.shape[1], k, drafted - began, verified - drafted)
             drafter.observe(n_accepted, k, timed)
         # 4. Retire finished rows from every cache.
