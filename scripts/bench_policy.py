@@ -164,9 +164,7 @@ def main() -> None:
     lines.append(
         "Prices learnt in place over start-up table, by batch "
         + ", ".join(str(b) for b in BATCHES)
-        + ": plain pass "
-        + " ".join(f"{x:.2f}" for x in costs.plain_scale)
-        + "; verify pass "
+        + ": verify "
         + " ".join(f"{x:.2f}" for x in costs.verify_scale)
         + "; draft step "
         + " ".join(f"{x:.2f}" for x in costs.draft_scale)

@@ -14,8 +14,7 @@ cost more (the main pass evicts the assistant's weights and cross-attention from
 draft step carries the logit filters and the policy; whisper-base at batch 1: both about a third
 more), and a shared machine's speed drifts after the timing (a table timed on another day put the
 assistant's step at 0.158 of a main step instead of 0.23). So `LiveCosts` keeps the table's shape
-and rescales it, per batch size, by the plain passes, verify passes and draft steps decoding runs
-(`PassTime`).
+and rescales it, per batch size, by the verify passes and draft steps decoding runs (`PassTime`).
 """
 
 from __future__ import annotations
@@ -139,27 +138,21 @@ class LiveCosts:
     """A `DecoderCosts` table rescaled by what passes cost in place.
 
     For each of the table's batch sizes, an exponential average (in log space, each reading's ratio
-    clamped to [1/4, 4] so that one stall cannot swing it) of measured over tabled seconds, apart for
-    plain passes (no drafts), verify passes (drafts) and draft steps; a batch between two table sizes
-    takes the nearer's scales. In place a verify pass follows the assistant's steps, which have pushed
-    the main model's weights out of the CPU's caches, while a plain pass follows another plain pass:
-    one scale for both priced whisper-base's plain steps a third too high at batch 1. The draft
-    length depends on the ratios of the three prices, which can drift from the table's.
+    clamped to [1/4, 4] so that one stall cannot swing it) of measured over tabled seconds, one for
+    verify passes and one for draft steps; a batch between two table sizes takes the nearer's scales.
+    The draft length depends on the ratio of the two prices, which can drift from the table's.
     """
 
     def __init__(self, table: DecoderCosts, weight: float = 0.1) -> None:
         self.table = table
         self.weight = weight
-        self.plain_scale = np.ones(len(BATCHES))
         self.verify_scale = np.ones(len(BATCHES))
         self.draft_scale = np.ones(len(BATCHES))
 
     @property
     def verify(self) -> np.ndarray:
-        """The table's `verify` as rescaled so far (its first column, one token, is a plain pass)."""
-        scale = np.repeat(self.verify_scale[:, None], len(TOKENS), axis=1)
-        scale[:, TOKENS.index(1)] = self.plain_scale
-        return self.table.verify * scale
+        """The table's `verify` as rescaled so far."""
+        return self.table.verify * self.verify_scale[:, None]
 
     @property
     def draft(self) -> np.ndarray:
@@ -170,9 +163,7 @@ class LiveCosts:
         return int(np.abs(np.log(BATCHES) - np.log(batch)).argmin())
 
     def verify_s(self, batch: int, tokens: int) -> float:
-        """A pass of one token per row is priced as a plain pass, of more as a verify pass."""
-        scales = self.plain_scale if tokens == 1 else self.verify_scale
-        return self.table.verify_s(batch, tokens) * scales[self._size(batch)]
+        return self.table.verify_s(batch, tokens) * self.verify_scale[self._size(batch)]
 
     def draft_s(self, batch: int) -> float:
         return self.table.draft_s(batch) * self.draft_scale[self._size(batch)]
@@ -180,20 +171,18 @@ class LiveCosts:
     def pass_s(self, batch: int, maximum: int) -> Tensor:
         verify, drafting = self.table.pass_parts(batch, maximum)
         size = self._size(batch)
-        scale = torch.full_like(verify, self.verify_scale[size])
-        scale[0] = self.plain_scale[size]
-        return verify * scale + drafting * self.draft_scale[size]
+        return verify * self.verify_scale[size] + drafting * self.draft_scale[size]
 
     def observe(self, timed: PassTime) -> None:
         size = self._size(timed.rows)
-        ratio = timed.verify_s / self.table.verify_s(timed.rows, timed.tokens)
-        if not timed.drafts:
-            if timed.tokens == 1:  # not a request's first pass, which also reads its prompt
-                self.plain_scale[size] = self._updated(self.plain_scale[size], ratio)
-            return
-        self.verify_scale[size] = self._updated(self.verify_scale[size], ratio)
-        per_step = timed.draft_s / timed.drafts / self.table.draft_s(timed.rows)
-        self.draft_scale[size] = self._updated(self.draft_scale[size], per_step)
+        self.verify_scale[size] = self._updated(
+            self.verify_scale[size], timed.verify_s / self.table.verify_s(timed.rows, timed.tokens)
+        )
+        if timed.drafts:
+            per_step = timed.draft_s / timed.drafts
+            self.draft_scale[size] = self._updated(
+                self.draft_scale[size], per_step / self.table.draft_s(timed.rows)
+            )
 
     def _updated(self, scale: float, ratio: float) -> float:
         if not np.isfinite(ratio) or ratio <= 0:  # a table without an assistant's timings

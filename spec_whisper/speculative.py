@@ -88,9 +88,9 @@ def generate(
         )
         if k:
             histogram[rows, n_accepted] += 1
-        if drafter is not None:  # plain passes too: their price is what drafting must beat
+        if drafter is not None:  # plain passes too: a policy that drafts none still counts them
             timed = PassTime(len(rows), tokens.shape[1], k, drafted - began, verified - drafted)
-            drafter.observe(n_accepted, k, timed)
+            drafter.observe(n_accepted, k, timed if k else None)
         # 4. Retire finished rows from every cache.
         finished = ended | (length >= limit)
         if finished.any():
