@@ -106,7 +106,8 @@ def test_engine_measures_costs_and_stays_exact(tiny) -> None:
     auto = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=25)] * 3)
     assert [r.tokens for r in auto] == [r.tokens for r in plain]
     assert all(r.stats.drafted > 0 and r.stats.accepted == r.stats.drafted for r in auto)
-    # Verification made dear: the engine does not draft at all.
+    # Verification made dear: the engine does not draft at all (25 tokens: fewer passes than the
+    # policy waits before it probes with one draft).
     engine._costs = _costs(1.0, 1.0)
     none = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=25)] * 3)
     assert [r.tokens for r in none] == [r.tokens for r in plain]
