@@ -5,8 +5,10 @@
 Policies: plain greedy (no drafts); the cost model choosing the length once per verify pass; the
 cost model deciding again after every draft from the assistant's probabilities, with the prices
 the engine learns in place (the engine's default, `LiveCosts`) and with its start-up table alone;
-the constant k=5 with the +2/-1 heuristic. Each is timed in wall-clock seconds, best of `--repeats`
-rounds taken in turn (these cores are shared and noisy), and in modelled seconds: the engine's
+the constant k=5 with the +2/-1 heuristic. Each is timed in wall-clock seconds: the policies take turns
+on each chunk of `--batch` clips, and each chunk's best of `--repeats` rounds counts (these cores are
+shared and their speed drifts over minutes; timing each policy over all the clips in turn let one
+policy's ratio move by 15% between two runs). And in modelled seconds: the engine's
 prices as they stood at the start of the last round (the start-up table rescaled by every pass run
 before) summed over the passes the policy made, which does not move with the machine's mood and
 shows what the decisions are worth. Outputs are checked identical.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,13 +74,18 @@ POLICIES = {
 
 @dataclass
 class Tally:
-    wall_s: list[float] = field(default_factory=list)
+    chunk_s: defaultdict[int, list[float]] = field(default_factory=lambda: defaultdict(list))  # every round's
     modelled_s: float = 0.0
     passes: int = 0
     drafted: int = 0
     accepted: int = 0
     tokens: list[list[int]] = field(default_factory=list)
     repeatable: bool = True  # the same tokens in every round
+
+    @property
+    def wall_s(self) -> float:
+        """The sum over chunks of each chunk's best round."""
+        return sum(min(times) for times in self.chunk_s.values())
 
 
 class CountingRunner:
@@ -117,7 +125,8 @@ def main() -> None:
     lines = [
         f"Clips: {len(pcm)} LibriSpeech test-other (English) from index {args.skip}; "
         f"whisper-base fp32 + `{Path(args.assistant).name}`; {args.threads} threads; "
-        f"wall clock best of {args.repeats} rounds; load average at start {load}.",
+        f"wall clock: policies in turn on each chunk, each chunk's best of {args.repeats} rounds; "
+        f"load average at start {load}.",
         "",
         "| batch | policy | decoder wall s | vs greedy | modelled s | vs greedy | main passes | drafted "
         "| accepted | identical |",
@@ -127,36 +136,40 @@ def main() -> None:
         chunks = [pcm[i : i + batch] for i in range(0, len(pcm), batch)]
         states = [engine.encode(engine.log_mel(chunk)) for chunk in chunks]
         tallies = {name: Tally() for name in POLICIES}
+        options = {
+            name: DecodingOptions(language="en", speculative=speculative, draft_length=draft_length)
+            for name, (speculative, draft_length, _, _) in POLICIES.items()
+        }
         for round_ in range(args.repeats):
             prices = DecoderCosts(costs.verify.copy(), costs.draft.copy())
-            for name, (speculative, draft_length, once_per_pass, startup_table) in POLICIES.items():
-                tally = tallies[name]
-                engine.once_per_pass, engine.startup_table = once_per_pass, startup_table
-                options = DecodingOptions(language="en", speculative=speculative, draft_length=draft_length)
-                counter = CountingRunner(engine, prices)
-                began = time.perf_counter()
-                results = [
-                    r
-                    for s, chunk in zip(states, chunks, strict=True)
-                    for r in engine.decode(s, [options] * len(chunk))
-                ]
-                tally.wall_s.append(time.perf_counter() - began)
-                counter.close()
+            results: dict[str, list] = {name: [] for name in POLICIES}
+            modelled = dict.fromkeys(POLICIES, 0.0)
+            for c, (s, chunk) in enumerate(zip(states, chunks, strict=True)):
+                for name, (_, _, once_per_pass, startup_table) in POLICIES.items():
+                    engine.once_per_pass, engine.startup_table = once_per_pass, startup_table
+                    counter = CountingRunner(engine, prices)
+                    began = time.perf_counter()
+                    results[name] += engine.decode(s, [options[name]] * len(chunk))
+                    tallies[name].chunk_s[c].append(time.perf_counter() - began)
+                    counter.close()
+                    modelled[name] += counter.seconds
+            for name, tally in tallies.items():
                 # Counts and modelled seconds of the last round, with the prices learnt by then.
-                tally.modelled_s = counter.seconds
-                tally.passes = sum(r.stats.main_passes for r in results)
-                tally.drafted = sum(r.stats.drafted for r in results)
-                tally.accepted = sum(r.stats.accepted for r in results)
+                done = results[name]
+                tally.modelled_s = modelled[name]
+                tally.passes = sum(r.stats.main_passes for r in done)
+                tally.drafted = sum(r.stats.drafted for r in done)
+                tally.accepted = sum(r.stats.accepted for r in done)
                 if round_ == 0:
-                    tally.tokens = [r.tokens for r in results]
+                    tally.tokens = [r.tokens for r in done]
                 else:
-                    tally.repeatable &= [r.tokens for r in results] == tally.tokens
+                    tally.repeatable &= [r.tokens for r in done] == tally.tokens
         plain = tallies["greedy"]
         for name, tally in tallies.items():
-            wall = min(tally.wall_s)
+            wall = tally.wall_s
             identical = tally.repeatable and plain.repeatable and tally.tokens == plain.tokens
             lines.append(
-                f"| {batch} | {name} | {wall:.2f} | {min(plain.wall_s) / wall:.2f}x | {tally.modelled_s:.2f} "
+                f"| {batch} | {name} | {wall:.2f} | {plain.wall_s / wall:.2f}x | {tally.modelled_s:.2f} "
                 f"| {plain.modelled_s / tally.modelled_s:.2f}x | {tally.passes} | {tally.drafted} "
                 f"| {tally.accepted} | {identical} |"
             )
