@@ -74,7 +74,8 @@ POLICIES = {
 
 @dataclass
 class Tally:
-    chunk_s: defaultdict[int, list[float]] = field(default_factory=lambda: defaultdict(list))  # every round's
+    # Seconds per chunk index, one entry per round.
+    chunk_s: defaultdict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
     modelled_s: float = 0.0
     passes: int = 0
     drafted: int = 0

@@ -86,11 +86,12 @@ def generate(
         counts[rows] += torch.stack(
             [torch.full_like(n_accepted, k), n_accepted, torch.ones_like(n_accepted)], 1
         )
+        timed = None  # prices are learnt from passes that draft
         if k:
             histogram[rows, n_accepted] += 1
-        if drafter is not None:  # plain passes too: a policy that drafts none still counts them
             timed = PassTime(len(rows), tokens.shape[1], k, drafted - began, verified - drafted)
-            drafter.observe(n_accepted, k, timed if k else None)
+        if drafter is not None:  # plain passes too: a policy that drafts none still counts them
+            drafter.observe(n_accepted, k, timed)
         # 4. Retire finished rows from every cache.
         finished = ended | (length >= limit)
         if finished.any():
