@@ -251,7 +251,7 @@ def data_curve(
     rows = []
     for name, rows_used in subsets.items():
         part = labelled.subset(rows_used)
-        assistant = init_assistant(main, config.layers, ffn, config.dropout)
+        assistant = init_assistant(main, config.layers, ffn)
         short = dataclasses.replace(config, steps=steps, max_train_s=float("inf"))
         end = engine.tokens.end_of_text
         record = train(assistant, part, order[: config.train_vocab], short, end, progress=False)

@@ -38,7 +38,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--dropout", type=float, help="in training only")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--ffn-dim", type=int, help="feed-forward width (default: fit --max-added)")
     parser.add_argument("--max-added", type=float, help="assistant parameters / main parameters")
@@ -53,22 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# Settings a command-line option overrides when given.
-OVERRIDES = (
-    "steps",
-    "batch_size",
-    "lr",
-    "dropout",
-    "seed",
-    "ffn_dim",
-    "max_added",
-    "shortlist",
-    "train_vocab",
-)
-
-
 def config_from(args: argparse.Namespace) -> DistilConfig:
-    overrides = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
+    overrides = {
+        name: getattr(args, name)
+        for name in ("steps", "batch_size", "lr", "seed", "ffn_dim", "max_added", "shortlist", "train_vocab")
+        if getattr(args, name) is not None
+    }
     if args.max_train_minutes is not None:
         overrides["max_train_s"] = 60 * args.max_train_minutes
     if args.layers:

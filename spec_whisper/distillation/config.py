@@ -32,8 +32,6 @@ class DistilConfig:
     steps: int = 500
     batch_size: int = 8
     lr: float = 5e-4
-    # In training only; the assistant sees each window about 11 times in 500 steps.
-    dropout: float = 0.0
     warmup_steps: int = 20
     weight_decay: float = 0.01
     # Teacher probabilities kept per position for the soft loss; loss = soft + hard_weight * hard.

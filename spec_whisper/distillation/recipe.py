@@ -75,7 +75,7 @@ def distil(
         by_language = language_shortlists(engine, labelled, config.shortlist)
     main = engine.models.main
     ffn = config.ffn_dim or _ffn_within_budget(main, len(config.layers), config.max_added)
-    assistant = init_assistant(main, config.layers, ffn, config.dropout)
+    assistant = init_assistant(main, config.layers, ffn)
     sizes = {
         f"{n / 1024:g}k": order[:n]
         for n in sorted({1024, 2048, 4096, config.shortlist, 8192})

@@ -40,13 +40,9 @@ def _ffn_within_budget(main: WhisperForConditionalGeneration, layers: int, share
 
 
 def init_assistant(
-    main: WhisperForConditionalGeneration,
-    layers: tuple[int, ...] = (0, -1),
-    ffn_dim: int | None = None,
-    dropout: float = 0.0,
+    main: WhisperForConditionalGeneration, layers: tuple[int, ...] = (0, -1), ffn_dim: int | None = None
 ) -> WhisperForCausalLM:
-    """A decoder-only assistant: the main model's embeddings and final norm, copies of `layers`;
-    `dropout` applies in training only (residual, attention and feed-forward activations).
+    """A decoder-only assistant: the main model's embeddings and final norm, copies of `layers`.
 
     A narrower feed-forward block keeps the hidden units whose input and output weights have
     the largest norms (their product bounds what a unit can contribute), in their original order.
@@ -55,7 +51,6 @@ def init_assistant(
     full = main.config.decoder_ffn_dim
     ffn = full if ffn_dim is None else ffn_dim
     config.update(decoder_layers=len(layers), decoder_ffn_dim=ffn, architectures=["WhisperForCausalLM"])
-    config.update(dropout=dropout, attention_dropout=dropout, activation_dropout=dropout)
     assistant = WhisperForCausalLM(type(main.config).from_dict(config)).eval()
     source, target = main.model.decoder, assistant.model.decoder
     target.embed_tokens.load_state_dict(source.embed_tokens.state_dict())
