@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cpu_attention import cross_attention, kernel_available
 from .cuda_graphs import GraphedPasses
 from .heads import FullHead, Mask, ShortlistHead, main_head
 from .linear import FastLinear, Int8Linear, int8_available
@@ -192,6 +193,8 @@ class WhisperDecoderRunner:
         ]
         on_gpu = cuda_graphs and self.device.type == "cuda"
         self.graphs = GraphedPasses(self.fixed_shape_states, self.device) if on_gpu else None
+        if self.device.type == "cpu" and self.dtype == torch.float32:
+            kernel_available()  # built (or found built) now rather than during the first request
 
     @property
     def dtype(self) -> torch.dtype:
@@ -288,9 +291,8 @@ class WhisperDecoderRunner:
             )
             x = x + layer.self_out(attn.transpose(1, 2).reshape(batch, steps, self.d_model))
             h = layer.cross_norm(x)
-            attn = F.scaled_dot_product_attention(
-                self._heads(layer.cross_q(h)) * self.scaling, cache.cross_k[i], cache.cross_v[i], scale=1.0
-            )
+            query = self._heads(layer.cross_q(h)) * self.scaling
+            attn = cross_attention(query, cache.cross_k[i], cache.cross_v[i])
             x = x + layer.cross_out(attn.transpose(1, 2).reshape(batch, steps, self.d_model))
             x = x + layer.fc2(F.gelu(layer.fc1(layer.final_norm(x))))
         return self.final_norm(x)

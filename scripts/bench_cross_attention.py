@@ -1,0 +1,139 @@
+"""The CPU cross-attention kernel against PyTorch's attention: the operator, then decoder passes.
+
+    python scripts/bench_cross_attention.py --threads 2
+
+1. The operator over six layers' keys and values (so each layer's are read from memory, as in a
+   pass), by batch size and queries per row.
+2. In place on real clips: a main decoder pass of 1, 3 and 5 tokens per row (the greedy head and the
+   logit filters included) and an assistant draft step, at batch 1 and 8, with the kernel on and off
+   in turns, best of the rounds. A verify pass's price over a 1-token pass is what decides whether
+   drafting pays (`cost_model.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_engine import english_clips  # scripts/, beside this file
+
+from spec_whisper import cpu_attention
+from spec_whisper.engine import SpeculativeWhisper
+from spec_whisper.logit_filters import apply_filters
+from spec_whisper.types import DecodingOptions
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def best_ms(run: Callable[[], object], rounds: int) -> float:
+    run()
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - began)
+    return best * 1e3
+
+
+def both_ways(run: Callable[[], object], rounds: int) -> tuple[float, float]:
+    """Best milliseconds with PyTorch's attention and with the kernel, taking turns round by round."""
+    times = {False: float("inf"), True: float("inf")}
+    for _ in range(rounds):
+        for kernel in (False, True):
+            cpu_attention.use_kernel(kernel)
+            times[kernel] = min(times[kernel], best_ms(run, 3))
+    cpu_attention.use_kernel(True)
+    return times[False], times[True]
+
+
+def every_layer(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [cpu_attention.cross_attention(q, k, v) for k, v in zip(keys, values, strict=True)]
+
+
+def filters_at(engine: SpeculativeWhisper, generated: int, logits: torch.Tensor) -> torch.Tensor:
+    batch, tokens = logits.shape[:2]
+    return apply_filters(engine.filters, logits, torch.full((batch, tokens), generated))
+
+
+def operator_table(rounds: int) -> None:
+    print("| batch | queries per row | PyTorch ms (6 layers) | kernel ms | speed-up |")
+    print("|---|---|---|---|---|")
+    for batch in (1, 8, 16):
+        keys = [torch.randn(batch, 8, 1500, 64) for _ in range(6)]
+        values = [torch.randn(batch, 8, 1500, 64) for _ in range(6)]
+        for queries in (1, 2, 3, 5, 9):
+            q = torch.randn(batch, 8, queries, 64) * 0.2
+            for k, v in zip(keys, values, strict=True):
+                torch.testing.assert_close(
+                    cpu_attention.cross_attention(q, k, v), F.scaled_dot_product_attention(q, k, v, scale=1.0)
+                )
+            theirs, ours = both_ways(partial(every_layer, q, keys, values), rounds)
+            print(f"| {batch} | {queries} | {theirs:.2f} | {ours:.2f} | {theirs / ours:.2f}x |")
+
+
+@torch.inference_mode()
+def pass_table(engine: SpeculativeWhisper, speech_dir: Path, rounds: int) -> None:
+    main, assistant = engine.main, engine.assistant
+    print("\n| batch | pass | PyTorch ms | kernel ms | speed-up | PyTorch vs 1 token | kernel vs 1 token |")
+    print("|---|---|---|---|---|---|---|")
+    for batch in (1, 8):
+        pcm = english_clips(speech_dir, 40, batch)
+        states = engine.encode(engine.log_mel(pcm))
+        options = [DecodingOptions(language="en", speculative=False)] * batch
+        texts = [t.tokens for t in engine.decode(states, options)]
+        prompt = engine.tokens.prompt("en", "transcribe")
+        context = min(10, *(len(t) - 6 for t in texts))
+        tokens = torch.tensor([prompt + t[: context + 6] for t in texts])
+        cache = main.new_cache(states.main)
+        main.states(tokens[:, : len(prompt) + context], torch.zeros(batch, dtype=torch.long), cache)
+        own = assistant.new_cache(states.main, cache)
+        assistant.states(tokens[:, : len(prompt) + context], torch.zeros(batch, dtype=torch.long), own)
+        start = torch.full((batch,), len(prompt) + context)
+        ones = {}
+        mask = partial(filters_at, engine, context)
+        for n in (1, 3, 5):
+            new = tokens[:, len(prompt) + context : len(prompt) + context + n]
+            theirs, ours = both_ways(partial(main.greedy, new, start, cache, mask, n), rounds)
+            ones.setdefault("t", theirs)
+            ones.setdefault("o", ours)
+            print(
+                f"| {batch} | main, {n} token{'s' if n > 1 else ''} | {theirs:.2f} | {ours:.2f} | "
+                f"{theirs / ours:.2f}x | {theirs / ones['t']:.2f} | {ours / ones['o']:.2f} |"
+            )
+        step = tokens[:, len(prompt) + context : len(prompt) + context + 1]
+        theirs, ours = both_ways(partial(assistant.draft, step, start, own, mask), rounds)
+        print(
+            f"| {batch} | assistant step | {theirs:.2f} | {ours:.2f} | {theirs / ours:.2f}x | "
+            f"{theirs / ones['t']:.2f} | {ours / ones['o']:.2f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--main", default=str(REPO / "models/whisper-base"))
+    parser.add_argument("--assistant", default=str(REPO / "models/whisper-base-assistant"))
+    parser.add_argument("--speech-dir", type=Path, default=REPO.parent / "shared/data/speech")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if not cpu_attention.kernel_available():
+        sys.exit("the kernel did not build here: nothing to compare")
+    operator_table(args.rounds)
+    engine = SpeculativeWhisper.load(args.main, args.assistant)
+    pass_table(engine, args.speech_dir, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The CPU cross-attention kernel against PyTorch's attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spec_whisper.cpu_attention import cross_attention, kernel_available
+
+
+def _inputs(batch: int, queries: int, frames: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, 8, queries, 64, generator=generator) * 0.3
+    k, v = (torch.randn(batch, 8, frames, 64, generator=generator) for _ in range(2))
+    return q, k, v
+
+
+def test_the_kernel_builds_on_this_machine() -> None:
+    # CI machines have a C++ compiler: a silent fallback to PyTorch would hide a broken build.
+    assert kernel_available()
+
+
+@pytest.mark.parametrize(("batch", "queries", "frames"), [(1, 1, 1500), (3, 4, 1500), (2, 17, 7), (1, 2, 1)])
+def test_equals_pytorch_attention(batch: int, queries: int, frames: int) -> None:
+    q, k, v = _inputs(batch, queries, frames)
+    expected = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    torch.testing.assert_close(cross_attention(q, k, v), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_query_gets_the_same_bits_however_many_share_the_call() -> None:
+    # A greedy pass (one query) and a verify pass (several) must agree for exactness to be robust.
+    q, k, v = _inputs(2, 5, 1500)
+    together = cross_attention(q, k, v)
+    for t in range(5):
+        assert torch.equal(cross_attention(q[:, :, t : t + 1].contiguous(), k, v), together[:, :, t : t + 1])
+
+
+def test_strided_queries_and_other_shapes_fall_back_or_are_copied() -> None:
+    q, k, v = _inputs(1, 3, 50)
+    transposed_q = q.transpose(1, 2).contiguous().transpose(1, 2)  # the decoder's own layout
+    expected = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    torch.testing.assert_close(cross_attention(transposed_q, k, v), expected)
+    strided_k = k.transpose(2, 3).contiguous().transpose(2, 3)
+    torch.testing.assert_close(cross_attention(q, strided_k, v), expected)
+    small = torch.randn(1, 2, 3, 32), torch.randn(1, 2, 9, 32), torch.randn(1, 2, 9, 32)
+    torch.testing.assert_close(cross_attention(*small), F.scaled_dot_product_attention(*small, scale=1.0))
+
+
+def test_training_keeps_gradients() -> None:
+    q, k, v = (t.requires_grad_() for t in _inputs(1, 2, 20))
+    cross_attention(q, k, v).sum().backward()
+    assert q.grad is not None and k.grad is not None
