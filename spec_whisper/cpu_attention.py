@@ -1,8 +1,9 @@
 """Cross-attention over the encoder's frames: a small C++ kernel on CPU, PyTorch's elsewhere.
 
 The kernel (`csrc/cross_attention.cpp`) reads each cross-attention key and value once for all the
-queries of a pass, so verifying drafts adds arithmetic instead of memory traffic (measured here at
-batch 8, six layers: 1 query 6.7 ms against PyTorch's 10.7 ms, 3 queries 10.3 ms against 16.4 ms).
+queries of a pass, where PyTorch's CPU attention packs blocks of keys once a pass brings several
+(measured here at batch 8, six layers: 1 query 7.1 ms against PyTorch's 15.8 ms, 3 queries 11.1 ms
+against 23.8 ms; docs/benchmarks.md).
 It is compiled on first use on the machine that runs it (about 25 s; `torch.utils.cpp_extension`
 caches the build) and covers fp32 CPU tensors with heads of 64, every Whisper size. Anything else,
 a machine without a C++ compiler, or SPEC_WHISPER_CPU_KERNEL=0 uses `scaled_dot_product_attention`.
