@@ -40,8 +40,9 @@ class DistilConfig:
     # Tokens the head is trained over (the most frequent of the training transcripts first) and
     # the shortlist saved for the engine (a prefix of the same order). Held-out English with its own
     # list: 6k 75.2%, 8k 76.7%, 10k 77.8%, 12k 78.5%, 16k 78.5%, full head 79.1%; a 12k int8 head reads
-    # 6 MB per draft step, about 3% of it (docs/benchmarks.md, 2026-12-02).
-    train_vocab: int = 8192
+    # 6 MB per draft step, about 3% of it. Training over all 12k rather than the 8k most frequent took
+    # held-out English from 78.9% to 80.0% with its own list (docs/benchmarks.md, 2026-12-02).
+    train_vocab: int = 12288
     shortlist: int = 12288
     # Also a shortlist per language of the training data, of the same size, with that language's
     # everyday vocabulary (`vocabulary.word_token_order`); the engine drafts each language with its own.
