@@ -76,6 +76,7 @@ def _fits_kernel(q: Tensor, k: Tensor, v: Tensor) -> bool:
     return (
         all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 4 for t in tensors)
         and q.shape[-1] == _HEAD_DIM
+        and k.shape[2] > 0  # no frames: PyTorch's answer, whatever it is
         and k.is_contiguous()
         and v.is_contiguous()
         # No backward: training goes through PyTorch's attention.

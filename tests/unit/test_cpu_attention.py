@@ -45,6 +45,9 @@ def test_strided_queries_and_other_shapes_fall_back_or_are_copied() -> None:
     torch.testing.assert_close(cross_attention(q, strided_k, v), expected)
     small = torch.randn(1, 2, 3, 32), torch.randn(1, 2, 9, 32), torch.randn(1, 2, 9, 32)
     torch.testing.assert_close(cross_attention(*small), F.scaled_dot_product_attention(*small, scale=1.0))
+    no_frames = q, k[:, :, :0].contiguous(), v[:, :, :0].contiguous()
+    expected = F.scaled_dot_product_attention(*no_frames, scale=1.0)
+    torch.testing.assert_close(cross_attention(*no_frames), expected, equal_nan=True)
 
 
 def test_training_keeps_gradients() -> None:
