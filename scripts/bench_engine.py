@@ -1,7 +1,8 @@
 """Engine benchmark: our greedy and speculative decoding beside transformers and CTranslate2.
 
-Everything runs in one process, one system after another over the same clips, so the ratios are
-measured side by side. Run it on a quiet machine:
+Everything runs in one process over the same clips, and the systems take turns group by group (as
+many clips as the largest batch), so a drift in the machine's speed lands on all of them alike and
+the ratios are measured side by side. Run it on a quiet machine:
 
     python scripts/bench_engine.py --clips 12 --record docs/benchmarks.md
 """
@@ -9,6 +10,7 @@ measured side by side. Run it on a quiet machine:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -16,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -114,56 +117,46 @@ def with_fp32_head(engine: SpeculativeWhisper) -> SpeculativeWhisper:
     return variant
 
 
-def run_ours(engine: SpeculativeWhisper, pcm: list[np.ndarray], batch: int, name: str, **options) -> Run:
-    run = Run(f"ours {name}", batch)
+def run_ours(engine: SpeculativeWhisper, chunk: list[np.ndarray], run: Run, **options) -> None:
+    """Add `chunk` (at most `run.batch` clips, decoded as one batch) to `run`."""
     options = DecodingOptions(language="en", **options)
-    began = time.perf_counter()
-    for i in range(0, len(pcm), batch):
-        chunk = pcm[i : i + batch]
-        t0 = time.perf_counter()
-        mel = engine.log_mel(chunk)
-        t1 = time.perf_counter()
-        states = engine.encode(mel)
-        synchronize()
-        t2 = time.perf_counter()
-        results = engine.decode(states, [options] * len(chunk))
-        t3 = time.perf_counter()
-        run.features_s += t1 - t0
-        run.encoder_s += t2 - t1
-        run.decode_s += t3 - t2
-        for r in results:
-            run.tokens.append(r.tokens)
-            run.drafted += r.stats.drafted
-            run.accepted += r.stats.accepted
-            run.passes += r.stats.main_passes
-    run.total_s = time.perf_counter() - began
-    return run
+    t0 = time.perf_counter()
+    mel = engine.log_mel(chunk)
+    t1 = time.perf_counter()
+    states = engine.encode(mel)
+    synchronize()
+    t2 = time.perf_counter()
+    results = engine.decode(states, [options] * len(chunk))
+    t3 = time.perf_counter()
+    run.features_s += t1 - t0
+    run.encoder_s += t2 - t1
+    run.decode_s += t3 - t2
+    run.total_s += t3 - t0
+    for r in results:
+        run.tokens.append(r.tokens)
+        run.drafted += r.stats.drafted
+        run.accepted += r.stats.accepted
+        run.passes += r.stats.main_passes
 
 
-def run_transformers(model, extractor, pcm: list[np.ndarray], assistant=None) -> Run:
-    """`generate()` one clip at a time (its assisted decoding takes batch 1 only), on the model's device
-    and in its dtype."""
-    run = Run("transformers generate" + (" (assistant_model)" if assistant is not None else ""), 1)
+def run_transformers(model, extractor, clip: np.ndarray, run: Run, assistant=None) -> None:
+    """Add one clip through `generate()` (its assisted decoding takes batch 1 only) to `run`."""
     eos = model.generation_config.eos_token_id
-    began = time.perf_counter()
     with torch.inference_mode():
-        for clip in pcm:
-            t0 = time.perf_counter()
-            mel = extractor(clip, sampling_rate=16000, return_tensors="pt").input_features
-            mel = mel.to(model.device, model.dtype)
-            t1 = time.perf_counter()
-            run.encoder_s += _encoder_time(model, mel)
-            kwargs = {"assistant_model": assistant} if assistant is not None else {}
-            out = model.generate(
-                mel, language="en", task="transcribe", do_sample=False, num_beams=1, **kwargs
-            )
-            run.features_s += t1 - t0
-            run.tokens.append([t for t in out[0].tolist() if t < eos])
-    run.total_s = time.perf_counter() - began
-    # generate() runs the encoder inside; its share is measured apart and subtracted.
-    run.decode_s = run.total_s - run.features_s - 2 * run.encoder_s
-    run.total_s -= run.encoder_s
-    return run
+        t0 = time.perf_counter()
+        mel = extractor(clip, sampling_rate=16000, return_tensors="pt").input_features
+        mel = mel.to(model.device, model.dtype)
+        t1 = time.perf_counter()
+        encoder_s = _encoder_time(model, mel)  # generate() runs the encoder inside: timed apart
+        t2 = time.perf_counter()
+        kwargs = {"assistant_model": assistant} if assistant is not None else {}
+        out = model.generate(mel, language="en", task="transcribe", do_sample=False, num_beams=1, **kwargs)
+        t3 = time.perf_counter()
+    run.features_s += t1 - t0
+    run.encoder_s += encoder_s
+    run.decode_s += max(0.0, t3 - t2 - encoder_s)
+    run.total_s += (t1 - t0) + (t3 - t2)
+    run.tokens.append([t for t in out[0].tolist() if t < eos])
 
 
 def _encoder_time(model, mel: torch.Tensor) -> float:
@@ -174,33 +167,41 @@ def _encoder_time(model, mel: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
-def run_ctranslate2(extractor, pcm: list[np.ndarray], compute_type: str) -> Run:
+def run_ctranslate2(model, extractor, clip: np.ndarray, run: Run) -> None:
+    """Add one clip through CTranslate2's greedy decoding to `run`."""
     import ctranslate2
 
-    from spec_whisper.ct2_convert import packaged_whisper_base_ct2_dir
+    prompt = [50258, 50259, 50359, 50363]  # <|startoftranscript|><|en|><|transcribe|><|notimestamps|>
+    t0 = time.perf_counter()
+    mel = extractor(clip, sampling_rate=16000, return_tensors="np").input_features
+    t1 = time.perf_counter()
+    features = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel))
+    t2 = time.perf_counter()
+    model.encode(features)  # generate() encodes again inside: timed apart, as for transformers
+    t3 = time.perf_counter()
+    result = model.generate(features, [prompt], beam_size=1, max_length=448)
+    t4 = time.perf_counter()
+    run.features_s += t1 - t0
+    run.encoder_s += t3 - t2
+    run.decode_s += max(0.0, t4 - t3 - (t3 - t2))
+    run.total_s += (t1 - t0) + (t4 - t3)
+    run.tokens.append([t for t in result[0].sequences_ids[0] if t < 50257])
 
-    run = Run(f"ctranslate2 {compute_type}", 1)
-    with packaged_whisper_base_ct2_dir() as ct2_dir:
-        model = ctranslate2.models.Whisper(
-            str(ct2_dir), device="cpu", compute_type=compute_type, intra_threads=2
-        )
-        prompt = [50258, 50259, 50359, 50363]  # <|startoftranscript|><|en|><|transcribe|><|notimestamps|>
-        began = time.perf_counter()
-        for clip in pcm:
-            t0 = time.perf_counter()
-            mel = extractor(clip, sampling_rate=16000, return_tensors="np").input_features
-            t1 = time.perf_counter()
-            features = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel))
-            t2 = time.perf_counter()
-            model.encode(features)
-            t3 = time.perf_counter()
-            result = model.generate(features, [prompt], beam_size=1, max_length=448)
-            run.features_s += t1 - t0
-            run.encoder_s += t3 - t2
-            run.tokens.append([t for t in result[0].sequences_ids[0] if t < 50257])
-        run.total_s = time.perf_counter() - began - run.encoder_s
-    run.decode_s = run.total_s - run.features_s - run.encoder_s
-    return run
+
+def one_by_one(add: Callable[[np.ndarray, Run], None], run: Run) -> Callable[[list[np.ndarray]], None]:
+    def add_each(group: list[np.ndarray]) -> None:
+        for clip in group:
+            add(clip, run)
+
+    return add_each
+
+
+def in_batches(engine: SpeculativeWhisper, run: Run, **options) -> Callable[[list[np.ndarray]], None]:
+    def add(group: list[np.ndarray]) -> None:
+        for i in range(0, len(group), run.batch):
+            run_ours(engine, group[i : i + run.batch], run, **options)
+
+    return add
 
 
 def format_table(runs: list[Run], reference: Run) -> str:
@@ -286,19 +287,42 @@ def main() -> None:
     model = WhisperForConditionalGeneration.from_pretrained(args.main).eval()
     extractor = WhisperFeatureExtractor.from_pretrained(args.main)
     assistant = WhisperForCausalLM.from_pretrained(args.assistant).eval()
-    runs = [run_transformers(model, extractor, pcm)]
-    runs.append(run_transformers(model, extractor, pcm, assistant))
-    if not args.no_ctranslate2:
-        runs += [run_ctranslate2(extractor, pcm, "float32"), run_ctranslate2(extractor, pcm, "int8")]
     engine.costs()  # timed once per engine, before any run
     fp32_head = with_fp32_head(engine)
-    for batch in args.batch:
-        runs += [
-            run_ours(fp32_head, pcm, batch, "greedy, fp32 head", speculative=False),
-            run_ours(engine, pcm, batch, "greedy", speculative=False),
-            run_ours(engine, pcm, batch, "speculative (cost model)"),
-            run_ours(engine, pcm, batch, "speculative (k=5, +2/-1)", draft_length=5),
-        ]
+    systems: list[tuple[Run, Callable[[list[np.ndarray]], None]]] = []
+    for name, helper in (
+        ("transformers generate", None),
+        ("transformers generate (assistant_model)", assistant),
+    ):
+        run = Run(name, 1)
+        systems.append((run, one_by_one(partial(run_transformers, model, extractor, assistant=helper), run)))
+    with contextlib.ExitStack() as stack:
+        if not args.no_ctranslate2:
+            import ctranslate2
+
+            from spec_whisper.ct2_convert import packaged_whisper_base_ct2_dir
+
+            ct2_dir = str(stack.enter_context(packaged_whisper_base_ct2_dir()))
+            for compute_type in ("float32", "int8"):
+                ct2 = ctranslate2.models.Whisper(
+                    ct2_dir, device="cpu", compute_type=compute_type, intra_threads=args.threads
+                )
+                run = Run(f"ctranslate2 {compute_type}", 1)
+                systems.append((run, one_by_one(partial(run_ctranslate2, ct2, extractor), run)))
+        for batch in args.batch:
+            for variant, name, options in (
+                (fp32_head, "greedy, fp32 head", {"speculative": False}),
+                (engine, "greedy", {"speculative": False}),
+                (engine, "speculative (cost model)", {}),
+                (engine, "speculative (k=5, +2/-1)", {"draft_length": 5}),
+            ):
+                run = Run(f"ours {name}", batch)
+                systems.append((run, in_batches(variant, run, **options)))
+        group = max(args.batch)
+        for i in range(0, len(pcm), group):  # every system on the same clips before the next group
+            for _, add in systems:
+                add(pcm[i : i + group])
+    runs = [run for run, _ in systems]
 
     lines = [
         f"Clips: {len(pcm)} LibriSpeech test-other (English), {audio_s:.0f} s of audio; whisper-base fp32; "
