@@ -1,6 +1,6 @@
 """The CPU cross-attention kernel against PyTorch's attention: the operator, then decoder passes.
 
-    python scripts/bench_cross_attention.py --threads 2
+    python scripts/bench_cross_attention.py --threads 2      # --batch 1 8 on --clips 8 from --skip 40
 
 1. The operator over six layers' keys and values (so each layer's are read from memory, as in a
    pass), by batch size and queries per row.
@@ -12,26 +12,24 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_engine import english_clips  # scripts/, beside this file
+from bench_engine import engine_arguments, english_clips, record  # scripts/, beside this file
 
 from spec_whisper import cpu_attention
 from spec_whisper.engine import SpeculativeWhisper
 from spec_whisper.logit_filters import apply_filters
 from spec_whisper.types import DecodingOptions
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def best_ms(run: Callable[[], object], rounds: int) -> float:
@@ -64,9 +62,11 @@ def filters_at(engine: SpeculativeWhisper, generated: int, logits: torch.Tensor)
     return apply_filters(engine.filters, logits, torch.full((batch, tokens), generated))
 
 
-def operator_table(rounds: int) -> None:
-    print("| batch | queries per row | PyTorch ms (6 layers) | kernel ms | speed-up |")
-    print("|---|---|---|---|---|")
+def operator_table(rounds: int) -> list[str]:
+    out = [
+        "| batch | queries per row | PyTorch ms (6 layers) | kernel ms | speed-up |",
+        "|---|---|---|---|---|",
+    ]
     for batch in (1, 8, 16):
         keys = [torch.randn(batch, 8, 1500, 64) for _ in range(6)]
         values = [torch.randn(batch, 8, 1500, 64) for _ in range(6)]
@@ -77,17 +77,23 @@ def operator_table(rounds: int) -> None:
                     cpu_attention.cross_attention(q, k, v), F.scaled_dot_product_attention(q, k, v, scale=1.0)
                 )
             theirs, ours = both_ways(partial(every_layer, q, keys, values), rounds)
-            print(f"| {batch} | {queries} | {theirs:.2f} | {ours:.2f} | {theirs / ours:.2f}x |")
+            out.append(f"| {batch} | {queries} | {theirs:.2f} | {ours:.2f} | {theirs / ours:.2f}x |")
+    return out
 
 
 @torch.inference_mode()
-def pass_table(engine: SpeculativeWhisper, speech_dir: Path, rounds: int) -> None:
+def pass_table(
+    engine: SpeculativeWhisper, pcm: list[np.ndarray], batches: list[int], rounds: int
+) -> list[str]:
+    """Passes at each batch size over the first `batch` clips of `pcm`."""
     main, assistant = engine.main, engine.assistant
-    print("\n| batch | pass | PyTorch ms | kernel ms | speed-up | PyTorch vs 1 token | kernel vs 1 token |")
-    print("|---|---|---|---|---|---|---|")
-    for batch in (1, 8):
-        pcm = english_clips(speech_dir, 40, batch)
-        states = engine.encode(engine.log_mel(pcm))
+    out = [
+        "",
+        "| batch | pass | PyTorch ms | kernel ms | speed-up | PyTorch vs 1 token | kernel vs 1 token |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for batch in batches:
+        states = engine.encode(engine.log_mel(pcm[:batch]))
         options = [DecodingOptions(language="en", speculative=False)] * batch
         texts = [t.tokens for t in engine.decode(states, options)]
         prompt = engine.tokens.prompt("en", "transcribe")
@@ -105,34 +111,35 @@ def pass_table(engine: SpeculativeWhisper, speech_dir: Path, rounds: int) -> Non
             theirs, ours = both_ways(partial(main.greedy, new, start, cache, mask, n), rounds)
             ones.setdefault("t", theirs)
             ones.setdefault("o", ours)
-            print(
+            out.append(
                 f"| {batch} | main, {n} token{'s' if n > 1 else ''} | {theirs:.2f} | {ours:.2f} | "
                 f"{theirs / ours:.2f}x | {theirs / ones['t']:.2f} | {ours / ones['o']:.2f} |"
             )
         step = tokens[:, len(prompt) + context : len(prompt) + context + 1]
         theirs, ours = both_ways(partial(assistant.draft, step, start, own, mask), rounds)
-        print(
+        out.append(
             f"| {batch} | assistant step | {theirs:.2f} | {ours:.2f} | {theirs / ours:.2f}x | "
             f"{theirs / ones['t']:.2f} | {ours / ones['o']:.2f} |"
         )
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--main", default=str(REPO / "models/whisper-base"))
-    parser.add_argument("--assistant", default=str(REPO / "models/whisper-base-assistant"))
-    parser.add_argument("--speech-dir", type=Path, default=REPO.parent / "shared/data/speech")
-    parser.add_argument("--threads", type=int, default=2)
+    parser = engine_arguments(__doc__, clips=8)
+    parser.set_defaults(skip=40)  # the clips the distillation held out
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    if max(args.batch) > args.clips:
+        parser.error("--clips must fill the largest --batch")
     torch.set_num_threads(args.threads)
     if not cpu_attention.kernel_available():
         sys.exit("the kernel did not build here: nothing to compare")
-    operator_table(args.rounds)
+    lines = operator_table(args.rounds)
     engine = SpeculativeWhisper.load(args.main, args.assistant)
-    pass_table(engine, args.speech_dir, args.rounds)
+    pcm = english_clips(args.speech_dir, args.skip, args.clips)
+    report = "\n".join(lines + pass_table(engine, pcm, args.batch, args.rounds))
+    print(report)
+    record(args.record, "Cross-attention kernel", report)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def run_transformers(model, extractor, clip: np.ndarray, run: Run, assistant=Non
         t3 = time.perf_counter()
     run.features_s += t1 - t0
     run.encoder_s += encoder_s
-    run.decode_s += max(0.0, t3 - t2 - encoder_s)
+    run.decode_s += t3 - t2 - encoder_s
     run.total_s += (t1 - t0) + (t3 - t2)
     run.tokens.append([t for t in out[0].tolist() if t < eos])
 
@@ -183,7 +183,7 @@ def run_ctranslate2(model, extractor, clip: np.ndarray, run: Run) -> None:
     t4 = time.perf_counter()
     run.features_s += t1 - t0
     run.encoder_s += t3 - t2
-    run.decode_s += max(0.0, t4 - t3 - (t3 - t2))
+    run.decode_s += (t4 - t3) - (t3 - t2)
     run.total_s += (t1 - t0) + (t4 - t3)
     run.tokens.append([t for t in result[0].sequences_ids[0] if t < 50257])
 
