@@ -17,5 +17,5 @@ if ! command -v espeak-ng >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq espeak-ng bible-kjv >/dev/null) || echo "espeak-ng unavailable: distilling on real clips only"
 fi
 # The CPU cross-attention kernel, compiled here once (about 25 s; the engine falls back without it).
-.venv/bin/python -c "from spec_whisper.cpu_attention import kernel_available as k; print('CPU cross-attention kernel:', 'built' if k() else 'unavailable')"
+.venv/bin/python -c "from spec_whisper.cpu_attention import kernel_available as k; print('CPU attention kernels:', 'built' if k() else 'unavailable')"
 .venv/bin/python scripts/prepare_models.py --offline ${QUICK_ASSISTANT:+--quick-assistant}

@@ -15,11 +15,9 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from torch import nn
 
 __all__ = ["CoreTurns"]
 
@@ -53,18 +51,3 @@ class CoreTurns:
     def _release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def per_module(self, modules: Iterable[nn.Module]) -> None:
-        """Each forward of each module (an encoder's layers) becomes a turn of its own. A module that
-        raises keeps the turn: whoever runs them must `release_after` the whole forward."""
-        for module in modules:
-            module.register_forward_pre_hook(lambda *_: self._acquire())
-            module.register_forward_hook(lambda *_: self._release())
-
-    @contextmanager
-    def release_after(self) -> Iterator[None]:
-        """Give back a turn that `per_module` hooks left held when a forward raised."""
-        try:
-            yield
-        finally:
-            self._release()

@@ -1,11 +1,15 @@
-"""Cross-attention over the encoder's frames: a small C++ kernel on CPU, PyTorch's elsewhere.
+"""Attention over the encoder's frames: small C++ kernels on CPU, PyTorch's elsewhere.
 
-The kernel (`csrc/cross_attention.cpp`) reads each cross-attention key and value once for all the
-queries of a pass, where PyTorch's CPU attention packs blocks of keys once a pass brings several
+The decoder's cross-attention kernel (`csrc/cross_attention.cpp`) reads each cross-attention key
+and value once for all the queries of a pass, where PyTorch's CPU attention packs blocks of keys
+once a pass brings several
 (measured here at batch 8, six layers: 1 query 7.1 ms against PyTorch's 15.8 ms, 3 queries 11.1 ms
 against 23.8 ms; docs/benchmarks.md).
-It is compiled on first use on the machine that runs it (about 25 s; `torch.utils.cpp_extension`
-caches the build) and covers fp32 CPU tensors with heads of 64, every Whisper size. Anything else,
+The encoder's self-attention kernel (`csrc/encoder_attention.cpp`) keeps blocks of queries in
+registers against keys held in cache, from the fused projection's output to the output projection's
+input without transposes.
+They are compiled on first use on the machine that runs them (about 30 s; `torch.utils.cpp_extension`
+caches the build) and cover fp32 CPU tensors with heads of 64, every Whisper size. Anything else,
 a machine without a C++ compiler, or SPEC_WHISPER_CPU_KERNEL=0 uses `scaled_dot_product_attention`.
 """
 
@@ -21,9 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cross_attention", "kernel_available", "use_kernel"]
+__all__ = ["cross_attention", "encoder_attention", "kernel_available", "use_kernel"]
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "cross_attention.cpp"
+_SOURCES = [
+    Path(__file__).resolve().parent / "csrc" / name
+    for name in ("module.cpp", "cross_attention.cpp", "encoder_attention.cpp")
+]
 _HEAD_DIM = 64
 
 
@@ -48,14 +55,14 @@ def _kernel() -> ModuleType | None:
         pass
     try:
         return load(
-            name="spec_whisper_cross_attention",
-            sources=[str(_SOURCE)],
+            name="spec_whisper_cpu_attention",
+            sources=[str(path) for path in _SOURCES],
             # -march=native: built where it runs. Fast math vectorises exp(); infinities stay defined.
             extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
             verbose=False,
         )
     except Exception as error:  # no compiler or no ninja: correct, only slower
-        warnings.warn(f"CPU cross-attention kernel unavailable, using PyTorch's: {error}", stacklevel=2)
+        warnings.warn(f"CPU attention kernels unavailable, using PyTorch's: {error}", stacklevel=2)
         return None
 
 
@@ -69,6 +76,35 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     if _enabled and _fits_kernel(q, k, v) and (kernel := _kernel()) is not None:
         return kernel.cross_attention(q.contiguous(), k, v)
     return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+
+
+def encoder_attention(qkv: Tensor, heads: int) -> Tensor:
+    """Self-attention over all frames, from the fused projection's `qkv [B, T, 3 * width]` (queries
+    not yet scaled) to `[B, T, width]`, as transformers' Whisper encoder computes it."""
+    if _enabled and _fits_encoder_kernel(qkv, heads) and (kernel := _kernel()) is not None:
+        return kernel.encoder_attention(qkv, heads)
+    batch, frames, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+    q, k, v = qkv.split(width, dim=-1)
+    head_dim = width // heads
+
+    def split(t: Tensor) -> Tensor:
+        return t.view(batch, frames, heads, head_dim).transpose(1, 2)
+
+    q = q * head_dim**-0.5  # before the product, as transformers does: the same roundings
+    attended = F.scaled_dot_product_attention(split(q), split(k), split(v), scale=1.0)
+    return attended.transpose(1, 2).reshape(batch, frames, width)
+
+
+def _fits_encoder_kernel(qkv: Tensor, heads: int) -> bool:
+    return (
+        qkv.device.type == "cpu"
+        and qkv.dtype == torch.float32
+        and qkv.dim() == 3
+        and qkv.shape[1] > 0
+        and qkv.shape[2] == 3 * heads * _HEAD_DIM
+        and qkv.is_contiguous()
+        and not (torch.is_grad_enabled() and qkv.requires_grad)
+    )
 
 
 def _fits_kernel(q: Tensor, k: Tensor, v: Tensor) -> bool:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .cpu_attention import cross_attention, kernel_available
 from .cuda_graphs import GraphedPasses
 from .heads import FullHead, Mask, ShortlistHead, main_head
-from .linear import FastLinear, Int8Linear, int8_available
+from .linear import FastLinear, Int8Linear, fuse_linears, int8_available
 
 Linear = FastLinear | Int8Linear
 Head = FullHead | ShortlistHead
@@ -120,12 +120,6 @@ def shared_cross_attention(main: nn.Module, assistant: nn.Module) -> list[int | 
     ]
 
 
-def _fuse(kind: type[Linear], *linears: nn.Linear) -> Linear:
-    weight = torch.cat([lin.weight for lin in linears])
-    biases = [lin.bias if lin.bias is not None else torch.zeros_like(lin.weight[:, 0]) for lin in linears]
-    return kind(weight, torch.cat(biases))
-
-
 class WhisperDecoderRunner:
     """Runs one Whisper decoder (main model or assistant) over a `DecoderCache`."""
 
@@ -176,13 +170,15 @@ class WhisperDecoderRunner:
         self.encoder_dim = hf_decoder.layers[0].encoder_attn.k_proj.in_features
         self.layers = [
             _Layer(
-                self_qkv=_fuse(linear, lay.self_attn.q_proj, lay.self_attn.k_proj, lay.self_attn.v_proj),
+                self_qkv=fuse_linears(
+                    lay.self_attn.q_proj, lay.self_attn.k_proj, lay.self_attn.v_proj, kind=linear
+                ),
                 self_out=linear(lay.self_attn.out_proj.weight, lay.self_attn.out_proj.bias),
                 self_norm=lay.self_attn_layer_norm,
                 cross_q=linear(lay.encoder_attn.q_proj.weight, lay.encoder_attn.q_proj.bias),
                 cross_kv=None
                 if source is not None
-                else _fuse(linear, lay.encoder_attn.k_proj, lay.encoder_attn.v_proj),
+                else fuse_linears(lay.encoder_attn.k_proj, lay.encoder_attn.v_proj, kind=linear),
                 cross_out=linear(lay.encoder_attn.out_proj.weight, lay.encoder_attn.out_proj.bias),
                 cross_norm=lay.encoder_attn_layer_norm,
                 fc1=linear(lay.fc1.weight, lay.fc1.bias),

@@ -16,6 +16,7 @@ from .core_turns import CoreTurns
 from .cost_model import DecoderCosts, LiveCosts, PassCosts
 from .decoder import WhisperDecoderRunner, shared_cross_attention
 from .drafters import AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
+from .encoder import WhisperEncoderRunner
 from .features import LogMelSpectrogram
 from .loading import AssistantEncoder, LoadedModels, load_models
 from .logit_filters import LogitFilter, SuppressAtBegin, SuppressTokens
@@ -65,6 +66,12 @@ class SpeculativeWhisper:
         self.features = LogMelSpectrogram(self.n_mels).to(self.device)
         self.main: WhisperDecoderRunner | None = None
         self.assistant: WhisperDecoderRunner | None = None
+        self.main_encoder: WhisperEncoderRunner | None = None
+        self.assistant_encoder: WhisperEncoderRunner | None = None
+        if "encoder" in self.stages:
+            self.main_encoder = WhisperEncoderRunner(models.main.model.encoder, self.turns)
+            if models.assistant_has_encoder:
+                self.assistant_encoder = WhisperEncoderRunner(models.assistant.model.encoder, self.turns)
         self._costs: PassCosts | None = None
         if "decoder" in self.stages:
             self.main = WhisperDecoderRunner(
@@ -90,11 +97,6 @@ class SpeculativeWhisper:
                 )
         if self.stages != STAGES:
             _release_unused(models, self.stages)
-        if "encoder" in self.stages and self.turns.path is not None:
-            for model in (models.main, models.assistant if models.assistant_has_encoder else None):
-                if model is not None:
-                    encoder = model.model.encoder
-                    self.turns.per_module([encoder.conv1, encoder.conv2, *encoder.layers])
         self.filters: list[LogitFilter] = [
             SuppressTokens(self.tokens.suppress),
             SuppressAtBegin(self.tokens.begin_suppress),
@@ -138,14 +140,11 @@ class SpeculativeWhisper:
 
     @torch.inference_mode()
     def encode(self, mel: Tensor) -> EncoderStates:
-        if "encoder" not in self.stages:
+        if self.main_encoder is None:
             raise RuntimeError("this engine was loaded without its encoder stage")
-        dtype = self.models.main.dtype
-        with self.turns.release_after():  # each layer is a turn of its own (see __init__)
-            states = self.models.main.model.encoder(mel.to(self.device, dtype)).last_hidden_state
-            if not self.models.assistant_has_encoder:
-                return EncoderStates(states)
-            own = self.models.assistant.model.encoder(mel.to(self.device, dtype)).last_hidden_state
+        mel = mel.to(self.device, self.models.main.dtype)
+        states = self.main_encoder(mel)
+        own = None if self.assistant_encoder is None else self.assistant_encoder(mel)
         return EncoderStates(states, own)
 
     @torch.inference_mode()
@@ -263,13 +262,14 @@ class SpeculativeWhisper:
 
 def _release_unused(models: LoadedModels, stages: frozenset[str]) -> None:
     """Drop the weights a stage never runs: an encoder step's decoders, a decoder step's encoders and
-    the Hugging Face copies of decoder weights that the runners already hold repacked."""
+    the Hugging Face copies of the layers that the runners already hold repacked."""
     if "decoder" not in stages:
         if not models.assistant_has_encoder:
             models.assistant = None
         for model in (models.main, models.assistant):
             if model is not None:
                 model.model.decoder, model.proj_out = None, None
+                model.model.encoder.layers = torch.nn.ModuleList()
         return
     for model in (models.main, models.assistant):
         if model is None:

@@ -6,9 +6,9 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["FastLinear", "Int8Linear", "int8_available"]
+__all__ = ["FastLinear", "Int8Linear", "fuse_linears", "int8_available"]
 
 
 class FastLinear:
@@ -38,6 +38,16 @@ class FastLinear:
         rows = x.reshape(-1, self.in_features)
         y = torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")
         return y.view(*x.shape[:-1], self.out_features)
+
+
+def fuse_linears(
+    *linears: nn.Linear, kind: type[FastLinear | Int8Linear] | None = None
+) -> FastLinear | Int8Linear:
+    """One product for several linears of the same input (attention's q, k, v): their outputs side by
+    side. A missing bias is zeros, which adds nothing."""
+    weight = torch.cat([lin.weight for lin in linears])
+    biases = [lin.bias if lin.bias is not None else torch.zeros_like(lin.weight[:, 0]) for lin in linears]
+    return (kind or FastLinear)(weight, torch.cat(biases))
 
 
 def int8_available(weight: Tensor) -> bool:

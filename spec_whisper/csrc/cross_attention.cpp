@@ -13,34 +13,14 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
+
+#include "exp.h"
 
 namespace {
 
 constexpr int64_t kHeadDim = 64;  // every Whisper size, tiny to large-v3
-
-// e^x for x <= 0 in plain arithmetic, so that the compiler vectorises the softmax loop (the C
-// library's expf is scalar here and cost as much as the rest of the kernel at 9 queries per row):
-// x = n ln2 + r with |r| <= ln2 / 2, e^x = 2^n (1 + r + ... + r^6 / 720), within about 2e-7 relative.
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.f);  // e^-87 is about the smallest normal float
-  const float n = std::floor(x * 1.44269504f + 0.5f);
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.f / 720;
-  p = p * r + 1.f / 120;
-  p = p * r + 1.f / 24;
-  p = p * r + 1.f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
 
 // softmax(q k^T) v for one (row, head): q [T, 64] pre-scaled, k and v [L, 64], out [T, 64].
 void attend(const float* q, const float* k, const float* v, float* out, int64_t T, int64_t L,
@@ -105,8 +85,4 @@ torch::Tensor cross_attention(const torch::Tensor& q, const torch::Tensor& k, co
     }
   });
   return out;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("cross_attention", &cross_attention, "softmax(q k^T) v, each key and value row read once");
 }

@@ -76,13 +76,11 @@ def test_another_process_waits_for_the_turn(tmp_path: Path) -> None:
     assert log.read_text().split() == ["parent", "child"]
 
 
-def test_a_module_that_raises_gives_its_turn_back(tmp_path: Path) -> None:
+def test_a_turn_that_raises_is_given_back(tmp_path: Path) -> None:
     path = tmp_path / "cores.lock"
     turns = CoreTurns(path)
-    broken = torch.nn.Linear(2, 2)
-    turns.per_module([broken])
-    with pytest.raises(RuntimeError), turns.release_after():
-        broken(torch.zeros(3))  # wrong width
+    with pytest.raises(RuntimeError), turns():
+        torch.nn.Linear(2, 2)(torch.zeros(3))  # wrong width
     assert turns.taken == 1 and _is_free(path)
 
 
@@ -98,9 +96,15 @@ def test_encoder_layers_and_decoder_passes_are_turns(tiny, tmp_path: Path) -> No
     pcm = [(0.1 * np.random.default_rng(0).standard_normal(16000 * 4)).astype(np.float32)]
     options = [DecodingOptions(language="en", max_new_tokens=12, draft_length=3)]
 
-    states = taking.encode(taking.log_mel(pcm))
-    encoder = taking.models.main.model.encoder
-    assert taking.turns.taken == 2 + len(encoder.layers)  # two convolutions and every layer
+    mel = taking.log_mel(pcm)
+    with pytest.raises(RuntimeError):  # inside the first convolution's turn: one mel bin too many
+        taking.encode(torch.cat([mel, mel[:, :1]], dim=1))
+    assert _is_free(path)
+    before = taking.turns.taken
+    states = taking.encode(mel)
+    assert taking.main_encoder is not None
+    # Two convolutions and every layer.
+    assert taking.turns.taken - before == 2 + len(taking.main_encoder.layers)
     before = taking.turns.taken
     [result] = taking.decode(states, options)
     # One turn per main pass, one per cross-attention cache (main, assistant).

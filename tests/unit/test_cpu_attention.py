@@ -1,4 +1,4 @@
-"""The CPU cross-attention kernel against PyTorch's attention."""
+"""The CPU attention kernels against PyTorch's attention."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spec_whisper.cpu_attention import cross_attention, kernel_available
+from spec_whisper.cpu_attention import cross_attention, encoder_attention, kernel_available, use_kernel
 
 
 def _inputs(batch: int, queries: int, frames: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -54,3 +54,27 @@ def test_training_keeps_gradients() -> None:
     q, k, v = (t.requires_grad_() for t in _inputs(1, 2, 20))
     cross_attention(q, k, v).sum().backward()
     assert q.grad is not None and k.grad is not None
+
+
+def _encoder_reference(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    use_kernel(False)
+    try:
+        return encoder_attention(qkv, heads)
+    finally:
+        use_kernel(True)
+
+
+@pytest.mark.parametrize(("batch", "frames"), [(1, 1500), (2, 37), (1, 5), (3, 1)])
+def test_encoder_attention_equals_pytorch_attention(batch: int, frames: int) -> None:
+    # Frame counts that are no multiple of the kernel's query blocks (6) or key tiles (32).
+    qkv = torch.randn(batch, frames, 3 * 512, generator=torch.Generator().manual_seed(1)) * 2
+    expected = _encoder_reference(qkv, 8)
+    torch.testing.assert_close(encoder_attention(qkv, 8), expected, rtol=1e-5, atol=2e-5)
+
+
+def test_encoder_attention_falls_back_for_other_heads_and_training() -> None:
+    qkv = torch.randn(1, 9, 3 * 96)  # heads of 32
+    torch.testing.assert_close(encoder_attention(qkv, 3), _encoder_reference(qkv, 3))
+    trained = torch.randn(1, 7, 3 * 128).requires_grad_()
+    encoder_attention(trained, 2).sum().backward()
+    assert trained.grad is not None

@@ -1,0 +1,37 @@
+"""Our encoder runner computes what transformers' Whisper encoder computes, on the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from spec_whisper.cpu_attention import use_kernel
+from spec_whisper.encoder import WhisperEncoderRunner
+
+
+@pytest.fixture(scope="module")
+def encoder() -> WhisperEncoder:
+    torch.manual_seed(0)
+    # Heads of 64, as in every Whisper size, so that the CPU kernel takes the attention.
+    config = WhisperConfig(d_model=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=512)
+    return WhisperEncoder(config).eval()
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_equals_transformers_encoder(encoder: WhisperEncoder, kernel: bool) -> None:
+    mel = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = encoder(mel).last_hidden_state
+        use_kernel(kernel)
+        try:
+            ours = WhisperEncoderRunner(encoder)(mel)
+        finally:
+            use_kernel(True)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_refuses_features_of_another_length(encoder: WhisperEncoder) -> None:
+    with pytest.raises(ValueError, match="3000 feature frames, got 2999"):
+        WhisperEncoderRunner(encoder)(torch.zeros(1, 80, 2999))
