@@ -19,7 +19,11 @@ from .core_turns import CoreTurns
 from .cpu_attention import encoder_attention
 from .linear import FastLinear, fuse_linears
 
-__all__ = ["WhisperEncoderRunner"]
+__all__ = ["CPU_WINDOWS_PER_PASS", "WhisperEncoderRunner"]
+
+# A window's activations stay in a CPU's caches (its MLP's are 1500 x 2048 floats, 12 MB), eight
+# windows' do not: measured here, 0.33 s a window in passes of one or two, 0.43 s in a pass of 8.
+CPU_WINDOWS_PER_PASS = 2
 
 
 @dataclass
@@ -60,6 +64,11 @@ class WhisperEncoderRunner:
         expected = self.frames * self.conv1.stride[0] * self.conv2.stride[0]
         if mel.shape[-1] != expected:
             raise ValueError(f"the encoder takes {expected} feature frames, got {mel.shape[-1]}")
+        if mel.device.type == "cpu" and len(mel) > CPU_WINDOWS_PER_PASS:
+            return torch.cat([self._encode(part) for part in mel.split(CPU_WINDOWS_PER_PASS)])
+        return self._encode(mel)
+
+    def _encode(self, mel: Tensor) -> Tensor:
         with self.turns():
             x = F.gelu(self.conv1(mel))
         with self.turns():

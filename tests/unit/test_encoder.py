@@ -8,7 +8,7 @@ from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from spec_whisper.cpu_attention import use_kernel
-from spec_whisper.encoder import WhisperEncoderRunner
+from spec_whisper.encoder import CPU_WINDOWS_PER_PASS, WhisperEncoderRunner
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +35,12 @@ def test_equals_transformers_encoder(encoder: WhisperEncoder, kernel: bool) -> N
 def test_refuses_features_of_another_length(encoder: WhisperEncoder) -> None:
     with pytest.raises(ValueError, match="3000 feature frames, got 2999"):
         WhisperEncoderRunner(encoder)(torch.zeros(1, 80, 2999))
+
+
+def test_a_cpu_batch_runs_in_small_passes_with_the_same_result(encoder: WhisperEncoder) -> None:
+    mel = torch.randn(CPU_WINDOWS_PER_PASS * 2 + 1, 80, 3000, generator=torch.Generator().manual_seed(2))
+    runner = WhisperEncoderRunner(encoder)
+    with torch.inference_mode():
+        together = runner(mel)
+        alone = torch.cat([runner(window[None]) for window in mel])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
