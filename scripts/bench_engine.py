@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import copy
 import json
+import math
 import platform
 import sys
 import time
@@ -86,7 +87,7 @@ def step_costs(engine: SpeculativeWhisper, pcm: np.ndarray, bandwidth: float) ->
         tokens = context[:, position : position + n]
         return lambda: runner.greedy(tokens, start, cache, lambda logits: logits, n)
 
-    costs = {f"main_{n}_tokens_ms": 1000 * _timed(step(main, cache, n)) for n in (1, 2, 4, 5, 8)}
+    runs = {f"main_{n}_tokens_ms": step(main, cache, n) for n in (1, 2, 4, 5, 8)}
     layer_bytes = sum(
         lin.out_features * lin.in_features * 4
         for layer in main.layers
@@ -96,16 +97,22 @@ def step_costs(engine: SpeculativeWhisper, pcm: np.ndarray, bandwidth: float) ->
     # The screened head reads its int8 copy (plus a few fp32 rows); the plain head reads fp32.
     head_read_bytes = head_fp32_bytes // 4 if isinstance(main.head, ScreenedHead) else head_fp32_bytes
     cross_bytes = sum(k[:1].numel() for k in cache.cross_k) * 4 * 2
+    if engine.assistant is not None:
+        own = states.assistant if states.assistant is not None else states.main
+        a_cache = engine.assistant.new_cache(own, cache)
+        engine.assistant.states(context, torch.tensor([0]), a_cache)
+        runs["draft_step_ms"] = step(engine.assistant, a_cache, 1)
+    # Best of rounds, the shapes taking turns: the bandwidth a step is judged by is a best as well,
+    # and a slow spell of the machine then lands on no shape alone.
+    costs = dict.fromkeys(runs, math.inf)
+    for _ in range(5):
+        for name, run in runs.items():
+            costs[name] = min(costs[name], 1000 * _timed(run))
     costs["main_fp32_weight_MB"] = (layer_bytes + head_fp32_bytes) / 1e6
     costs["main_read_weight_MB"] = (layer_bytes + head_read_bytes) / 1e6
     costs["cross_kv_MB_per_row"] = cross_bytes / 1e6
     costs["bound_fp32_ms"] = 1000 * (layer_bytes + head_fp32_bytes + cross_bytes) / (bandwidth * 1e9)
     costs["bound_read_ms"] = 1000 * (layer_bytes + head_read_bytes + cross_bytes) / (bandwidth * 1e9)
-    if engine.assistant is not None:
-        own = states.assistant if states.assistant is not None else states.main
-        a_cache = engine.assistant.new_cache(own, cache)
-        engine.assistant.states(context, torch.tensor([0]), a_cache)
-        costs["draft_step_ms"] = 1000 * _timed(step(engine.assistant, a_cache, 1))
     return costs
 
 
