@@ -38,14 +38,7 @@ void attend(const float* q, const float* k, const float* v, float* out, int64_t 
   }
   for (int64_t t = 0; t < T; ++t) {
     float* row = scores.data() + t * L;
-    const float top = *std::max_element(row, row + L);
-    float total = 0.f;
-#pragma omp simd reduction(+ : total)
-    for (int64_t l = 0; l < L; ++l) {
-      row[l] = exp_nonpositive(row[l] - top);
-      total += row[l];
-    }
-    const float inverse = 1.f / total;
+    const float inverse = 1.f / exp_minus_max(row, L);
 #pragma omp simd
     for (int64_t l = 0; l < L; ++l) row[l] *= inverse;
   }

@@ -52,17 +52,7 @@ void attend_block(const float* q, const float* kt, const float* v, int64_t v_ste
                   int64_t stride, float* scores, float* out, int64_t out_step, int64_t rows) {
   for (int64_t key0 = 0; key0 < stride; key0 += kKeys) score_tile(q, kt, stride, key0, scores);
   float inverse[kQueries];
-  for (int64_t i = 0; i < kQueries; ++i) {
-    float* row = scores + i * stride;
-    const float top = *std::max_element(row, row + frames);
-    float total = 0.f;
-#pragma omp simd reduction(+ : total)
-    for (int64_t l = 0; l < frames; ++l) {
-      row[l] = exp_nonpositive(row[l] - top);
-      total += row[l];
-    }
-    inverse[i] = 1.f / total;
-  }
+  for (int64_t i = 0; i < kQueries; ++i) inverse[i] = 1.f / exp_minus_max(scores + i * stride, frames);
   Vec acc[kQueries][kHeadDim / kLanes] = {};
   for (int64_t l = 0; l < frames; ++l) {
     const float* value = v + l * v_step;

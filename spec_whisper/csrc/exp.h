@@ -1,4 +1,4 @@
-// Shared by the attention kernels.
+// The softmax arithmetic the attention kernels share.
 #pragma once
 
 #include <algorithm>
@@ -24,4 +24,16 @@ inline float exp_nonpositive(float x) {
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
+}
+
+// Replaces `row[0 .. n)` by e^(row - max(row)) and returns their sum: a softmax before its division.
+inline float exp_minus_max(float* row, int64_t n) {
+  const float top = *std::max_element(row, row + n);
+  float total = 0.f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t l = 0; l < n; ++l) {
+    row[l] = exp_nonpositive(row[l] - top);
+    total += row[l];
+  }
+  return total;
 }
