@@ -2,13 +2,14 @@
 
 The decoder's cross-attention kernel (`csrc/cross_attention.cpp`) reads each cross-attention key
 and value once for all the queries of a pass, where PyTorch's CPU attention packs blocks of keys
-once a pass brings several
-(measured here at batch 8, six layers: 1 query 7.1 ms against PyTorch's 15.8 ms, 3 queries 11.1 ms
-against 23.8 ms; docs/benchmarks.md).
+once a pass brings several (measured here at batch 8, six layers: 1 query 7.1 ms against PyTorch's
+15.8 ms, 3 queries 11.1 ms against 23.8 ms; docs/benchmarks.md).
+
 The encoder's self-attention kernel (`csrc/encoder_attention.cpp`) keeps blocks of queries in
 registers against keys held in cache, from the fused projection's output to the output projection's
-input without transposes.
-They are compiled on first use on the machine that runs them (about 30 s; `torch.utils.cpp_extension`
+input without transposes (18 ms a whisper-base layer against PyTorch's 29 ms here).
+
+Both are compiled on first use on the machine that runs them (about 30 s; `torch.utils.cpp_extension`
 caches the build) and cover fp32 CPU tensors with heads of 64, every Whisper size. Anything else,
 a machine without a C++ compiler, or SPEC_WHISPER_CPU_KERNEL=0 uses `scaled_dot_product_attention`.
 """

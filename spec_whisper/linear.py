@@ -41,13 +41,13 @@ class FastLinear:
 
 
 def fuse_linears(
-    *linears: nn.Linear, kind: type[FastLinear | Int8Linear] | None = None
+    *linears: nn.Linear, kind: type[FastLinear | Int8Linear] = FastLinear
 ) -> FastLinear | Int8Linear:
     """One product for several linears of the same input (attention's q, k, v): their outputs side by
     side. A missing bias is zeros, which adds nothing."""
     weight = torch.cat([lin.weight for lin in linears])
     biases = [lin.bias if lin.bias is not None else torch.zeros_like(lin.weight[:, 0]) for lin in linears]
-    return (kind or FastLinear)(weight, torch.cat(biases))
+    return kind(weight, torch.cat(biases))
 
 
 def int8_available(weight: Tensor) -> bool:
