@@ -5,13 +5,15 @@
 Policies: plain greedy (no drafts); the cost model choosing the length once per verify pass; the
 cost model deciding again after every draft from the assistant's probabilities, with the prices
 the engine learns in place (the engine's default, `LiveCosts`) and with its start-up table alone;
-the constant k=5 with the +2/-1 heuristic. Each is timed in wall-clock seconds: the policies take turns
-on each chunk of `--batch` clips, and each chunk's best of `--repeats` rounds counts (these cores are
-shared and their speed drifts over minutes; timing each policy over all the clips in turn let one
-policy's ratio move by 15% between two runs). And in modelled seconds: the engine's
-prices as they stood at the start of the last round (the start-up table rescaled by every pass run
-before) summed over the passes the policy made, which does not move with the machine's mood and
-shows what the decisions are worth. Outputs are checked identical.
+the constant k=5 with the +2/-1 heuristic; and the default once more with the assistant reading the
+main model's fp32 cross-attention keys and values instead of its bf16 copy (with prices of its own,
+learnt in place; its modelled seconds price a draft step as the others do). Each is timed in
+wall-clock seconds: the policies take turns on each chunk of `--batch` clips, and each chunk's best
+of `--repeats` rounds counts (these cores are shared and their speed drifts over minutes; timing
+each policy over all the clips in turn let one policy's ratio move by 15% between two runs). And in
+modelled seconds: the engine's prices as they stood at the start of the last round (the start-up
+table rescaled by every pass run before) summed over the passes the policy made, which does not
+move with the machine's mood and shows what the decisions are worth. Outputs are checked identical.
 """
 
 from __future__ import annotations
@@ -46,15 +48,20 @@ class OncePerPassPolicy(CostModelPolicy):
 
 
 class PolicyEngine(SpeculativeWhisper):
-    """The engine, whose cost-model policy can be the once-per-pass one or price passes by the
-    start-up table alone."""
+    """The engine, whose cost-model policy can be the once-per-pass one, price passes by the
+    start-up table alone, or run with the assistant on fp32 cross-attention (`wide_cross`)."""
 
     once_per_pass = False
     startup_table = False
+    wide_cross = False
+    _wide_costs: LiveCosts | None = None
 
     def length_policy(self, batch: int, draft_length: int | None, adaptive: bool) -> LengthPolicy:
         costs = self.costs()
         assert isinstance(costs, LiveCosts)
+        if draft_length is None and self.wide_cross:
+            self._wide_costs = self._wide_costs or LiveCosts(costs.table)
+            return CostModelPolicy(self._wide_costs, batch)
         if draft_length is None and self.startup_table:
             return CostModelPolicy(costs.table, batch)
         if draft_length is None and self.once_per_pass:
@@ -62,13 +69,14 @@ class PolicyEngine(SpeculativeWhisper):
         return super().length_policy(batch, draft_length, adaptive)
 
 
-# name: (speculative, draft length, cost model once per pass, start-up table alone)
+# name: (speculative, draft length, cost model once per pass, start-up table alone, fp32 cross-attention)
 POLICIES = {
-    "greedy": (False, None, False, False),
-    "cost model, once per pass": (True, None, True, False),
-    "cost model, after every draft, start-up table": (True, None, False, True),
-    "cost model, after every draft (default)": (True, None, False, False),
-    "k=5, +2/-1": (True, 5, False, False),
+    "greedy": (False, None, False, False, False),
+    "cost model, once per pass": (True, None, True, False, False),
+    "cost model, after every draft, start-up table": (True, None, False, True, False),
+    "cost model, after every draft (default)": (True, None, False, False, False),
+    "k=5, +2/-1": (True, 5, False, False, False),
+    "default, assistant on fp32 cross-attention": (True, None, False, False, True),
 }
 
 
@@ -121,6 +129,8 @@ def main() -> None:
     pcm = english_clips(args.speech_dir, args.skip, args.clips)
     engine = PolicyEngine.load(args.main, args.assistant)
     costs = engine.costs()
+    assert engine.assistant is not None
+    narrow = engine.assistant.cross_dtype
 
     load = np.round(os.getloadavg(), 2).tolist()
     lines = [
@@ -139,15 +149,18 @@ def main() -> None:
         tallies = {name: Tally() for name in POLICIES}
         options = {
             name: DecodingOptions(language="en", speculative=speculative, draft_length=draft_length)
-            for name, (speculative, draft_length, _, _) in POLICIES.items()
+            for name, (speculative, draft_length, *_) in POLICIES.items()
         }
         for round_ in range(args.repeats):
             prices = DecoderCosts(costs.verify.copy(), costs.draft.copy())
             results: dict[str, list] = {name: [] for name in POLICIES}
             modelled = dict.fromkeys(POLICIES, 0.0)
             for c, (s, chunk) in enumerate(zip(states, chunks, strict=True)):
-                for name, (_, _, once_per_pass, startup_table) in POLICIES.items():
+                for name, (_, _, once_per_pass, startup_table, wide_cross) in POLICIES.items():
                     engine.once_per_pass, engine.startup_table = once_per_pass, startup_table
+                    engine.wide_cross = wide_cross
+                    assert engine.assistant is not None
+                    engine.assistant.cross_dtype = torch.float32 if wide_cross else narrow
                     counter = CountingRunner(engine, prices)
                     began = time.perf_counter()
                     results[name] += engine.decode(s, [options[name]] * len(chunk))

@@ -10,8 +10,9 @@ registers against keys held in cache, from the fused projection's output to the 
 input without transposes (18 ms a whisper-base layer against PyTorch's 29 ms here).
 
 Both are compiled on first use on the machine that runs them (about 30 s; `torch.utils.cpp_extension`
-caches the build) and cover fp32 CPU tensors with heads of 64, every Whisper size. Anything else,
-a machine without a C++ compiler, or SPEC_WHISPER_CPU_KERNEL=0 uses `scaled_dot_product_attention`.
+caches the build) and cover fp32 CPU tensors with heads of 64, every Whisper size; the decoder's
+also takes bf16 keys and values (an assistant's copy, for drafts). Anything else, a machine without a
+C++ compiler, or SPEC_WHISPER_CPU_KERNEL=0 uses `scaled_dot_product_attention`.
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ def kernel_available() -> bool:
 
 
 def cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """`softmax(q k^T) v` per row and head: `q [B, H, T, D]` already scaled, `k, v [B, H, L, D]`."""
+    """`softmax(q k^T) v` per row and head: `q [B, H, T, D]` already scaled, `k, v [B, H, L, D]`
+    in `q`'s dtype or, on CPU, bf16."""
     if _enabled and _fits_kernel(q, k, v) and (kernel := _kernel()) is not None:
         return kernel.cross_attention(q.contiguous(), k, v)
-    return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), scale=1.0)
 
 
 def encoder_attention(qkv: Tensor, heads: int) -> Tensor:
@@ -111,7 +113,10 @@ def _fits_encoder_kernel(qkv: Tensor, heads: int) -> bool:
 def _fits_kernel(q: Tensor, k: Tensor, v: Tensor) -> bool:
     tensors = (q, k, v)
     return (
-        all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 4 for t in tensors)
+        all(t.device.type == "cpu" and t.dim() == 4 for t in tensors)
+        and q.dtype == torch.float32
+        and k.dtype == v.dtype
+        and k.dtype in (torch.float32, torch.bfloat16)
         and q.shape[-1] == _HEAD_DIM
         and k.shape[2] > 0  # no frames: PyTorch's answer, whatever it is
         and k.is_contiguous()

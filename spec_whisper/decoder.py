@@ -53,7 +53,7 @@ class _Layer:
 class DecoderCache:
     """Self-attention keys/values `[layers, B, H, max_len, Dh]` and, per layer, cross-attention
     keys/values `[B, H, n_audio_frames, Dh]` for one batch of sequences. An assistant's cross-attention
-    entries may be the main model's own tensors (`WhisperDecoderRunner.cross_from`)."""
+    entries may be the main model's own tensors, or narrower copies (`WhisperDecoderRunner.cross_from`)."""
 
     self_k: Tensor
     self_v: Tensor
@@ -132,6 +132,7 @@ class WhisperDecoderRunner:
         int8: bool = False,
         language_shortlists: dict[str, Tensor] | None = None,
         cuda_graphs: bool = True,
+        cross_dtype: torch.dtype | None = None,
     ) -> None:
         """`shortlist`: token ids the output projection is restricted to (an assistant's cheap
         `ShortlistHead`); without one, the main model's exact head. `language_shortlists`: more such
@@ -139,7 +140,10 @@ class WhisperDecoderRunner:
         throughout, for an assistant, whose drafts need not be exact (x86 CPUs; fp32 elsewhere).
         `cross_from[i]`: the main decoder layer whose cross-attention cache layer `i` reads
         (`shared_cross_attention`); `new_cache` then takes that cache instead of computing one.
-        `cuda_graphs`: on a CUDA device, replay passes from recorded graphs (`cuda_graphs.py`)."""
+        `cuda_graphs`: on a CUDA device, replay passes from recorded graphs (`cuda_graphs.py`).
+        `cross_dtype`: keep the cross-attention keys and values in this dtype (default: the weights'),
+        for an assistant: at bf16 a draft step reads half the bytes of its largest read, the keys and
+        values of 1500 frames; a layer that shares the main model's then reads a bf16 copy of it."""
         first = hf_decoder.layers[0]
         self.num_heads = first.self_attn.num_heads if hasattr(first.self_attn, "num_heads") else None
         self.d_model = hf_decoder.embed_tokens.weight.shape[1]
@@ -168,6 +172,7 @@ class WhisperDecoderRunner:
         self.int8 = int8
         self.cross_from = cross_from or [None] * len(hf_decoder.layers)
         self.encoder_dim = hf_decoder.layers[0].encoder_attn.k_proj.in_features
+        self.cross_dtype = cross_dtype or self.embed_tokens.dtype
         self.layers = [
             _Layer(
                 self_qkv=fuse_linears(
@@ -216,12 +221,12 @@ class WhisperDecoderRunner:
             if source is not None:
                 if main_cache is None:
                     raise ValueError("this decoder reads the main decoder's cross-attention cache: pass it")
-                cross_k.append(main_cache.cross_k[source])
-                cross_v.append(main_cache.cross_v[source])
+                cross_k.append(main_cache.cross_k[source].to(self.cross_dtype))  # a copy only if narrower
+                cross_v.append(main_cache.cross_v[source].to(self.cross_dtype))
                 continue
             k, v = layer.cross_kv(states).chunk(2, dim=-1)
-            cross_k.append(self._heads(k).contiguous())
-            cross_v.append(self._heads(v).contiguous())
+            cross_k.append(self._heads(k).to(self.cross_dtype).contiguous())
+            cross_v.append(self._heads(v).to(self.cross_dtype).contiguous())
         return DecoderCache(self_k, torch.zeros_like(self_k), tuple(cross_k), tuple(cross_v))
 
     def forward(self, tokens: Tensor, start: Tensor, cache: DecoderCache) -> Tensor:

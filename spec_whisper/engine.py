@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .core_turns import CoreTurns
 from .cost_model import DecoderCosts, LiveCosts, PassCosts
+from .cpu_attention import kernel_available
 from .decoder import WhisperDecoderRunner, shared_cross_attention
 from .drafters import AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
 from .encoder import WhisperEncoderRunner
@@ -51,7 +52,8 @@ class SpeculativeWhisper:
         cuda_graphs: bool = True,
     ) -> None:
         """`int8_assistant`: run the assistant's products in int8 where the device has them (x86
-        CPUs): drafts need not be exact, the main model checks each one in fp32. `turns`: share the
+        CPUs) and, on a CPU, its cross-attention over bf16 keys and values: drafts need not be exact,
+        the main model checks each one in fp32. `turns`: share the
         CPU's cores with other processes' stages by taking turns (serving on CPU; `core_turns`).
         `cuda_graphs`: on a CUDA device, replay decoder passes from recorded graphs."""
         if unknown := set(stages) - STAGES:
@@ -86,6 +88,7 @@ class SpeculativeWhisper:
                     else shared_cross_attention(models.main.model.decoder, decoder)
                 )
                 head = models.assistant.proj_out.weight
+                narrow = int8_assistant and self.device.type == "cpu" and kernel_available()
                 self.assistant = WhisperDecoderRunner(
                     decoder,
                     head,
@@ -94,6 +97,7 @@ class SpeculativeWhisper:
                     int8_assistant,
                     models.assistant_language_shortlists,
                     cuda_graphs,
+                    torch.bfloat16 if narrow else None,
                 )
         if self.stages != STAGES:
             _release_unused(models, self.stages)

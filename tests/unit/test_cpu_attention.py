@@ -36,6 +36,23 @@ def test_a_query_gets_the_same_bits_however_many_share_the_call() -> None:
         assert torch.equal(cross_attention(q[:, :, t : t + 1].contiguous(), k, v), together[:, :, t : t + 1])
 
 
+@pytest.mark.parametrize(("batch", "queries", "frames"), [(1, 1, 1500), (3, 2, 37)])
+def test_bf16_keys_and_values_are_widened_exactly(batch: int, queries: int, frames: int) -> None:
+    # An assistant's bf16 copy: the kernel must compute what fp32 attention does over the same
+    # (rounded) values, and the fallback must accept them too.
+    q, k, v = _inputs(batch, queries, frames)
+    k16, v16 = k.bfloat16(), v.bfloat16()
+    expected = F.scaled_dot_product_attention(q, k16.float(), v16.float(), scale=1.0)
+    torch.testing.assert_close(cross_attention(q, k16, v16), expected, rtol=1e-5, atol=1e-5)
+    use_kernel(False)
+    try:
+        torch.testing.assert_close(cross_attention(q, k16, v16), expected, rtol=1e-5, atol=1e-5)
+    finally:
+        use_kernel(True)
+    # Rounding the keys and values moves the result, but only a little.
+    torch.testing.assert_close(cross_attention(q, k16, v16), cross_attention(q, k, v), rtol=0, atol=2e-2)
+
+
 def test_strided_queries_and_other_shapes_fall_back_or_are_copied() -> None:
     q, k, v = _inputs(1, 3, 50)
     transposed_q = q.transpose(1, 2).contiguous().transpose(1, 2)  # the decoder's own layout

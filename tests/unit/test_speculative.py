@@ -277,6 +277,23 @@ def test_shared_cross_attention_cache_is_the_main_one_and_drafts_are_unchanged(
         assistant.new_cache(states)
 
 
+def test_an_int8_assistant_reads_a_bf16_copy_of_the_shared_cross_attention(
+    tiny, noise, copied_assistant
+) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], copied_assistant)  # int8 products: drafts approximate
+    assistant = engine.assistant
+    states = engine.encode(engine.log_mel(noise[:3])).main
+    with torch.inference_mode():
+        main_cache = engine.main.new_cache(states)
+        narrow = assistant.new_cache(states, main_cache)
+        assert narrow.cross_k[1].dtype == torch.bfloat16 and main_cache.cross_k[2].dtype == torch.float32
+        assert torch.equal(narrow.cross_k[1], main_cache.cross_k[2].bfloat16())
+        # A copy, so retiring rows must move its rows as well as the main model's.
+        order = compaction_order(torch.tensor([True, False, False]))
+        main_cache, narrow = main_cache.select(order), narrow.select(order)
+        assert torch.equal(narrow.cross_v[0], main_cache.cross_v[0].bfloat16())
+
+
 def test_speculative_with_a_shared_cross_attention_cache_equals_greedy(tiny, noise, copied_assistant) -> None:
     engine = SpeculativeWhisper.load(tiny["main"], copied_assistant)
     max_new = [5, 30, 17, 1, 44, 9]  # rows leave the batch at different passes
