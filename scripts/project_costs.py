@@ -17,6 +17,7 @@ import platform
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
@@ -58,7 +59,7 @@ def random_decoder(
 
 def expected_speed_up(costs: DecoderCosts, batch: int, acceptance: float) -> tuple[int, float]:
     """The draft length with the most expected tokens per second, and its gain over k = 0."""
-    tokens = expected_tokens(torch.full((batch,), acceptance), MAX_DRAFT)
+    tokens = expected_tokens(np.full(batch, acceptance), MAX_DRAFT)
     rate = tokens / costs.pass_s(batch, MAX_DRAFT)
     best = int(rate.argmax())
     return best, float(rate[best] / rate[0])

@@ -41,6 +41,7 @@ __all__ = [
 
 BATCHES = (1, 2, 4, 8, 16)
 TOKENS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 17)
+_LOG_BATCHES = np.log(BATCHES)
 # Where in the sequence the timed passes sit: a typical utterance's middle.
 _POSITION = 40
 
@@ -65,7 +66,7 @@ class DecoderCosts:
     verify: np.ndarray
     draft: np.ndarray
     # pass_parts results by (batch, maximum), stacked: the draft-length choice runs every verify pass.
-    _pass_parts: dict[tuple[int, int], Tensor] = field(
+    _pass_parts: dict[tuple[int, int], np.ndarray] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
 
@@ -76,18 +77,18 @@ class DecoderCosts:
     def draft_s(self, batch: int) -> float:
         return float(np.interp(batch, BATCHES, self.draft / BATCHES) * batch)
 
-    def pass_s(self, batch: int, maximum: int) -> Tensor:
+    def pass_s(self, batch: int, maximum: int) -> np.ndarray:
         """Seconds of one verify pass of `batch` rows with k = 0..maximum drafts, drafting included."""
         verify, drafting = self.pass_parts(batch, maximum)
         return verify + drafting
 
-    def pass_parts(self, batch: int, maximum: int) -> tuple[Tensor, Tensor]:
+    def pass_parts(self, batch: int, maximum: int) -> tuple[np.ndarray, np.ndarray]:
         """`pass_s` as its verify and its drafting seconds, each `[maximum + 1]`."""
         key = (batch, maximum)
         if key not in self._pass_parts:
             verify = [self.verify_s(batch, k + 1) for k in range(maximum + 1)]
             drafting = [k * self.draft_s(batch) for k in range(maximum + 1)]
-            self._pass_parts[key] = torch.tensor([verify, drafting], dtype=torch.float64)
+            self._pass_parts[key] = np.array([verify, drafting])
         verify, drafting = self._pass_parts[key]
         return verify, drafting
 
@@ -160,7 +161,7 @@ class LiveCosts:
 
     @staticmethod
     def _size(batch: int) -> int:
-        return int(np.abs(np.log(BATCHES) - np.log(batch)).argmin())
+        return int(np.abs(_LOG_BATCHES - np.log(batch)).argmin())
 
     def verify_s(self, batch: int, tokens: int) -> float:
         return self.table.verify_s(batch, tokens) * self.verify_scale[self._size(batch)]
@@ -168,7 +169,7 @@ class LiveCosts:
     def draft_s(self, batch: int) -> float:
         return self.table.draft_s(batch) * self.draft_scale[self._size(batch)]
 
-    def pass_s(self, batch: int, maximum: int) -> Tensor:
+    def pass_s(self, batch: int, maximum: int) -> np.ndarray:
         verify, drafting = self.table.pass_parts(batch, maximum)
         size = self._size(batch)
         return verify * self.verify_scale[size] + drafting * self.draft_scale[size]
@@ -221,31 +222,37 @@ def _decisive_states(runner: WhisperDecoderRunner, rows: int) -> Tensor:
     return weight / weight.norm(dim=-1, keepdim=True) * 10 * weight.shape[-1] ** 0.5
 
 
-def best_draft_length(costs: PassCosts, acceptance: Tensor, maximum: int) -> int:
+def best_draft_length(costs: PassCosts, acceptance: Tensor | np.ndarray, maximum: int) -> int:
     """The `k` in 0..maximum with the most committed tokens per second for rows of these acceptances."""
     return best_extension(costs, acceptance, maximum)
 
 
 def expected_tokens(
-    acceptance: Tensor, more: int, chain: Tensor | None = None, base: float | None = None
-) -> Tensor:
+    acceptance: Tensor | np.ndarray,
+    more: int,
+    chain: Tensor | np.ndarray | None = None,
+    base: float | None = None,
+) -> np.ndarray:
     """Tokens a pass is expected to commit `[more + 1]` if it drafts 0..more further tokens. Row b's
     drafts so far are all right with probability `chain[b]` (1 before drafting), each further one with
     probability `acceptance[b]`; `base` is what the pass commits so far (the batch size before
-    drafting: every row gets the main model's own token)."""
+    drafting: every row gets the main model's own token). In numpy: the policy asks after every
+    draft, and a handful of tiny torch operators costs several times more."""
+    acceptance = np.asarray(acceptance, dtype=np.float64)
     batch = len(acceptance)
-    chain = torch.ones(batch, dtype=torch.float64) if chain is None else chain.double()
     base = float(batch) if base is None else base
-    further = (acceptance.double()[:, None] ** torch.arange(1, more + 1)).cumsum(dim=1)
-    return base + torch.cat([torch.zeros(1, dtype=torch.float64), (chain[:, None] * further).sum(dim=0)])
+    further = np.cumsum(acceptance[:, None] ** np.arange(1, more + 1), axis=1)
+    if chain is not None:
+        further = np.asarray(chain, dtype=np.float64)[:, None] * further
+    return base + np.concatenate([[0.0], further.sum(axis=0)])
 
 
 def best_extension(
     costs: PassCosts,
-    acceptance: Tensor,
+    acceptance: Tensor | np.ndarray,
     maximum: int,
     drafted: int = 0,
-    chain: Tensor | None = None,
+    chain: Tensor | np.ndarray | None = None,
     expected: float | None = None,
 ) -> int:
     """How many drafts to add to the `drafted` already made for the most expected tokens per second

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -95,8 +96,9 @@ class CostModelPolicy:
         probe_every: int = 32,
     ) -> None:
         self.costs = costs
-        self.accepted = torch.full((batch,), prior * prior_weight)
-        self.trials = torch.full((batch,), float(prior_weight))
+        # On the host in numpy: read after every draft, where tiny torch operators cost more.
+        self.accepted = np.full(batch, prior * prior_weight)
+        self.trials = np.full(batch, float(prior_weight))
         self.maximum = maximum
         self.probe_every = probe_every
         self.plain_passes = 0  # in a row
@@ -114,12 +116,13 @@ class CostModelPolicy:
             self.costs.observe(timed)
         self.plain_passes = 0 if k else self.plain_passes + 1
         if k > 0:
-            accepted = n_accepted.float()
+            accepted = n_accepted.numpy().astype(np.float64)
             self.accepted += accepted
-            self.trials += accepted + (n_accepted < k).float()
+            self.trials += accepted + (accepted < k)
 
     def keep(self, rows: Tensor) -> None:
-        self.accepted, self.trials = self.accepted[rows], self.trials[rows]
+        index = rows.numpy()
+        self.accepted, self.trials = self.accepted[index], self.trials[index]
 
 
 class AssistantDrafter:

@@ -118,14 +118,12 @@ def test_expected_tokens_is_the_geometric_sum_per_row() -> None:
     """Each row commits its own token plus drafts accepted before the first miss: sum of a^j."""
     acceptance = torch.tensor([0.5, 0.8, 0.0])
     tokens = expected_tokens(acceptance, 6)
-    k = torch.arange(7, dtype=torch.float64)
-    closed_form = sum((1 - a ** (k + 1)) / (1 - a) for a in acceptance.double())
-    torch.testing.assert_close(tokens, closed_form)
+    k = np.arange(7)
+    closed_form = sum((1 - a ** (k + 1)) / (1 - a) for a in acceptance.double().tolist())
+    np.testing.assert_allclose(tokens, closed_form, rtol=1e-7)
     # Drafts already made count with the chance that they are all right.
     later = expected_tokens(acceptance, 2, chain=torch.tensor([1.0, 0.5, 0.0]), base=4.0)
-    torch.testing.assert_close(
-        later, torch.tensor([4.0, 4.0 + 0.5 + 0.4, 4.0 + 0.75 + 0.72], dtype=torch.float64)
-    )
+    np.testing.assert_allclose(later, [4.0, 4.0 + 0.5 + 0.4, 4.0 + 0.75 + 0.72], rtol=1e-6)
 
 
 def _pass(
@@ -146,7 +144,7 @@ def test_live_costs_follow_the_passes_run_in_place() -> None:
     assert live.verify_s(1, 4) == pytest.approx(table.verify_s(1, 4))
     assert live.draft_s(16) == table.draft_s(16)  # other batch sizes keep their own prices
     expected = table.pass_parts(1, 16)[0] + 3 * table.pass_parts(1, 16)[1]
-    torch.testing.assert_close(live.pass_s(1, 16), expected, rtol=1e-3, atol=0)
+    np.testing.assert_allclose(live.pass_s(1, 16), expected, rtol=1e-3)
     assert live.draft[0] == pytest.approx(3 * table.draft[0], rel=1e-3) and live.draft[-1] == table.draft[-1]
     # Dearer drafts, shorter drafts: the length the table alone would pick is now too long.
     acceptance = torch.tensor([0.8])
@@ -193,10 +191,10 @@ def test_a_policy_that_stopped_drafting_probes_now_and_then() -> None:
 def test_a_fixed_table_and_the_policy_learn_from_passes() -> None:
     """The policy hands every pass's time to its costs: a `LiveCosts` learns, a table stays fixed."""
     table = _costs(0.02, 0.05)
-    before = table.pass_s(1, 16).clone()
+    before = table.pass_s(1, 16).copy()
     fixed, live = CostModelPolicy(table, batch=1), CostModelPolicy(LiveCosts(table, weight=0.5), batch=1)
     for policy in (fixed, live):
         for _ in range(10):
             policy.observe(torch.tensor([2]), 3, _pass(1, 4, 3, table, verify_x=1.0, draft_x=4.0))
-    assert torch.equal(table.pass_s(1, 16), before)
+    assert np.array_equal(table.pass_s(1, 16), before)
     assert live.current() < fixed.current()
