@@ -43,7 +43,7 @@ from spec_whisper.types import DecodingOptions  # noqa: E402
 class OncePerPassPolicy(CostModelPolicy):
     """The cost model's length, fixed before the first draft of each pass."""
 
-    def extend(self, drafted: int, chain: torch.Tensor, expected: float) -> bool:
+    def extend(self, drafted: int, chain: list[float], expected: float) -> bool:
         return drafted < self.current()
 
 

@@ -59,7 +59,7 @@ def random_decoder(
 
 def expected_speed_up(costs: DecoderCosts, batch: int, acceptance: float) -> tuple[int, float]:
     """The draft length with the most expected tokens per second, and its gain over k = 0."""
-    tokens = expected_tokens(np.full(batch, acceptance), MAX_DRAFT)
+    tokens = np.array(expected_tokens([acceptance] * batch, MAX_DRAFT))
     rate = tokens / costs.pass_s(batch, MAX_DRAFT)
     best = int(rate.argmax())
     return best, float(rate[best] / rate[0])

@@ -19,8 +19,9 @@ and rescales it, per batch size, by the verify passes and draft steps decoding r
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +42,7 @@ __all__ = [
 
 BATCHES = (1, 2, 4, 8, 16)
 TOKENS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 17)
-_LOG_BATCHES = np.log(BATCHES)
+_LOG_BATCHES = [math.log(b) for b in BATCHES]
 # Where in the sequence the timed passes sit: a typical utterance's middle.
 _POSITION = 40
 
@@ -91,6 +92,10 @@ class DecoderCosts:
             self._pass_parts[key] = np.array([verify, drafting])
         verify, drafting = self._pass_parts[key]
         return verify, drafting
+
+    def pass_prices(self, batch: int, maximum: int) -> list[float]:
+        """`pass_s` as Python floats, for the policy (`expected_tokens`)."""
+        return self.pass_s(batch, maximum).tolist()
 
     def observe(self, timed: PassTime) -> None:
         """A fixed table learns nothing from the passes decoding runs (`LiveCosts` does)."""
@@ -149,6 +154,7 @@ class LiveCosts:
         self.weight = weight
         self.verify_scale = np.ones(len(BATCHES))
         self.draft_scale = np.ones(len(BATCHES))
+        self._prices: dict[tuple[int, int], list[float]] = {}  # pass_prices until the next observe
 
     @property
     def verify(self) -> np.ndarray:
@@ -161,7 +167,8 @@ class LiveCosts:
 
     @staticmethod
     def _size(batch: int) -> int:
-        return int(np.abs(_LOG_BATCHES - np.log(batch)).argmin())
+        distances = [abs(size - math.log(batch)) for size in _LOG_BATCHES]
+        return distances.index(min(distances))
 
     def verify_s(self, batch: int, tokens: int) -> float:
         return self.table.verify_s(batch, tokens) * self.verify_scale[self._size(batch)]
@@ -174,7 +181,14 @@ class LiveCosts:
         size = self._size(batch)
         return verify * self.verify_scale[size] + drafting * self.draft_scale[size]
 
+    def pass_prices(self, batch: int, maximum: int) -> list[float]:
+        key = (batch, maximum)
+        if key not in self._prices:
+            self._prices[key] = self.pass_s(batch, maximum).tolist()
+        return self._prices[key]
+
     def observe(self, timed: PassTime) -> None:
+        self._prices.clear()
         size = self._size(timed.rows)
         self.verify_scale[size] = self._updated(
             self.verify_scale[size], timed.verify_s / self.table.verify_s(timed.rows, timed.tokens)
@@ -228,31 +242,33 @@ def best_draft_length(costs: PassCosts, acceptance: Tensor | np.ndarray, maximum
 
 
 def expected_tokens(
-    acceptance: Tensor | np.ndarray,
+    acceptance: Sequence[float] | Tensor | np.ndarray,
     more: int,
-    chain: Tensor | np.ndarray | None = None,
+    chain: Sequence[float] | Tensor | np.ndarray | None = None,
     base: float | None = None,
-) -> np.ndarray:
+) -> list[float]:
     """Tokens a pass is expected to commit `[more + 1]` if it drafts 0..more further tokens. Row b's
     drafts so far are all right with probability `chain[b]` (1 before drafting), each further one with
     probability `acceptance[b]`; `base` is what the pass commits so far (the batch size before
-    drafting: every row gets the main model's own token). In numpy: the policy asks after every
-    draft, and a handful of tiny torch operators costs several times more."""
-    acceptance = np.asarray(acceptance, dtype=np.float64)
-    batch = len(acceptance)
-    base = float(batch) if base is None else base
-    further = np.cumsum(acceptance[:, None] ** np.arange(1, more + 1), axis=1)
-    if chain is not None:
-        further = np.asarray(chain, dtype=np.float64)[:, None] * further
-    return base + np.concatenate([[0.0], further.sum(axis=0)])
+    drafting: every row gets the main model's own token).
+
+    Plain Python floats: the policy asks after every draft, right after a main pass has evicted the
+    interpreter's working set from the caches, where each array operator costs 5-40 us."""
+    rates = [float(a) for a in acceptance]
+    weights = [1.0] * len(rates) if chain is None else [float(c) for c in chain]
+    tokens = [float(len(rates)) if base is None else float(base)]
+    for _ in range(more):
+        weights = [w * a for w, a in zip(weights, rates, strict=True)]
+        tokens.append(tokens[-1] + sum(weights))
+    return tokens
 
 
 def best_extension(
     costs: PassCosts,
-    acceptance: Tensor | np.ndarray,
+    acceptance: Sequence[float] | Tensor | np.ndarray,
     maximum: int,
     drafted: int = 0,
-    chain: Tensor | np.ndarray | None = None,
+    chain: Sequence[float] | Tensor | np.ndarray | None = None,
     expected: float | None = None,
 ) -> int:
     """How many drafts to add to the `drafted` already made for the most expected tokens per second
@@ -262,4 +278,6 @@ def best_extension(
     if batch == 0 or more <= 0:
         return 0
     tokens = expected_tokens(acceptance, more, chain, expected)
-    return int((tokens / costs.pass_s(batch, maximum)[drafted:]).argmax())
+    prices = costs.pass_prices(batch, maximum)[drafted:]
+    rates = [t / p for t, p in zip(tokens, prices, strict=True)]
+    return rates.index(max(rates))

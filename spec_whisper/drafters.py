@@ -33,7 +33,7 @@ class LengthPolicy(Protocol):
     def current(self) -> int:
         """Drafts planned before the first is made (0: a plain greedy step)."""
 
-    def extend(self, drafted: int, chain: Tensor, expected: float) -> bool:
+    def extend(self, drafted: int, chain: list[float], expected: float) -> bool:
         """Whether to draft one more token after `drafted`; `chain[b]` is the assistant's probability
         that row b's drafts are all right and `expected` the tokens the pass would commit."""
 
@@ -56,7 +56,7 @@ class DraftLengthPolicy:
     def current(self) -> int:
         return int(torch.ceil(self.lengths.mean())) if self.lengths.numel() else 0
 
-    def extend(self, drafted: int, chain: Tensor, expected: float) -> bool:
+    def extend(self, drafted: int, chain: list[float], expected: float) -> bool:
         return drafted < self.current()
 
     def observe(self, n_accepted: Tensor, k: int, timed: PassTime | None = None) -> None:
@@ -96,7 +96,7 @@ class CostModelPolicy:
         probe_every: int = 32,
     ) -> None:
         self.costs = costs
-        # On the host in numpy: read after every draft, where tiny torch operators cost more.
+        # On the host in numpy, handed to the cost model as floats (`cost_model.expected_tokens`).
         self.accepted = np.full(batch, prior * prior_weight)
         self.trials = np.full(batch, float(prior_weight))
         self.maximum = maximum
@@ -104,11 +104,11 @@ class CostModelPolicy:
         self.plain_passes = 0  # in a row
 
     def current(self) -> int:
-        best = best_draft_length(self.costs, self.accepted / self.trials, self.maximum)
+        best = best_draft_length(self.costs, (self.accepted / self.trials).tolist(), self.maximum)
         return 1 if best == 0 and self.plain_passes >= self.probe_every else best
 
-    def extend(self, drafted: int, chain: Tensor, expected: float) -> bool:
-        acceptance = self.accepted / self.trials
+    def extend(self, drafted: int, chain: list[float], expected: float) -> bool:
+        acceptance = (self.accepted / self.trials).tolist()
         return best_extension(self.costs, acceptance, self.maximum, drafted, chain, expected) > 0
 
     def observe(self, n_accepted: Tensor, k: int, timed: PassTime | None = None) -> None:
@@ -157,7 +157,7 @@ class AssistantDrafter:
         start = length - width
         tokens = seq.gather(1, start[:, None] + torch.arange(width))
         drafts = []
-        chain = torch.ones(len(length))
+        chain = [1.0] * len(length)
         expected = float(len(length))
         while len(drafts) < room:
             i = len(drafts)
@@ -165,8 +165,8 @@ class AssistantDrafter:
             tokens, probability = self.runner.draft(tokens, start, self.cache, mask, self.head)
             drafts.append(tokens)
             start = length + i
-            chain = chain * probability.cpu()
-            expected += float(chain.sum())
+            chain = [c * p for c, p in zip(chain, probability.tolist(), strict=True)]
+            expected += sum(chain)
             if not self.policy.extend(len(drafts), chain, expected):
                 break
         # Slots past the last fed draft are stale; observe() trims to what the main model accepted.
