@@ -1,10 +1,9 @@
-"""Attention for Whisper's encoder and decoder: small C++ kernels on CPU, PyTorch's elsewhere.
+"""Attention over the encoder's frames: small C++ kernels on CPU, PyTorch's elsewhere.
 
-The decoder's kernel (`csrc/decoder_attention.cpp`) reads each key and value once for all the
-queries of a pass, where PyTorch's CPU attention packs blocks of keys once a pass brings several
-(cross-attention measured here at batch 8, six layers: 1 query 7.1 ms against PyTorch's 15.8 ms,
-3 queries 11.1 ms against 23.8 ms; docs/benchmarks.md). For self-attention each query stops at its
-own position, where PyTorch's needs a mask built for the pass.
+The decoder's cross-attention kernel (`csrc/cross_attention.cpp`) reads each cross-attention key
+and value once for all the queries of a pass, where PyTorch's CPU attention packs blocks of keys
+once a pass brings several (measured here at batch 8, six layers: 1 query 7.1 ms against PyTorch's
+15.8 ms, 3 queries 11.1 ms against 23.8 ms; docs/benchmarks.md).
 
 The encoder's self-attention kernel (`csrc/encoder_attention.cpp`) keeps blocks of queries in
 registers against keys held in cache, from the fused projection's output to the output projection's
@@ -12,9 +11,8 @@ input without transposes (18 ms a whisper-base layer against PyTorch's 29 ms her
 
 Both are compiled on first use on the machine that runs them (about 30 s; `torch.utils.cpp_extension`
 caches the build) and cover fp32 CPU tensors with heads of 64, every Whisper size; the decoder's
-also takes bf16 keys and values (an assistant's copy, for drafts) and a slice of a longer cache.
-Anything else, a machine without a C++ compiler, or SPEC_WHISPER_CPU_KERNEL=0 uses
-`scaled_dot_product_attention`.
+also takes bf16 keys and values (an assistant's copy, for drafts). Anything else, a machine without a
+C++ compiler, or SPEC_WHISPER_CPU_KERNEL=0 uses `scaled_dot_product_attention`.
 """
 
 from __future__ import annotations
@@ -29,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cross_attention", "encoder_attention", "kernel_available", "self_attention", "use_kernel"]
+__all__ = ["cross_attention", "encoder_attention", "kernel_available", "use_kernel"]
 
 _SOURCES = [
     Path(__file__).resolve().parent / "csrc" / name
-    for name in ("module.cpp", "decoder_attention.cpp", "encoder_attention.cpp")
+    for name in ("module.cpp", "cross_attention.cpp", "encoder_attention.cpp")
 ]
 _HEAD_DIM = 64
 
@@ -79,17 +77,8 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """`softmax(q k^T) v` per row and head: `q [B, H, T, D]` already scaled, `k, v [B, H, L, D]`
     in `q`'s dtype or, on CPU, bf16."""
     if _enabled and _fits_kernel(q, k, v) and (kernel := _kernel()) is not None:
-        return kernel.decoder_attention(q.contiguous(), k, v, None)
+        return kernel.cross_attention(q.contiguous(), k, v)
     return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), scale=1.0)
-
-
-def self_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor) -> Tensor:
-    """`cross_attention` where query t of row b sees only the first `lengths[b, t]` keys (1..L, a
-    contiguous int64 `[B, T]`): its own position and those before it in the decoder's cache."""
-    if _enabled and _fits_kernel(q, k, v) and (kernel := _kernel()) is not None:
-        return kernel.decoder_attention(q.contiguous(), k, v, lengths)
-    visible = torch.arange(k.shape[2], device=k.device) < lengths[..., None]  # [B, T, L]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None], scale=1.0)
 
 
 def encoder_attention(qkv: Tensor, heads: int) -> Tensor:
@@ -130,7 +119,8 @@ def _fits_kernel(q: Tensor, k: Tensor, v: Tensor) -> bool:
         and k.dtype in (torch.float32, torch.bfloat16)
         and q.shape[-1] == _HEAD_DIM
         and k.shape[2] > 0  # no frames: PyTorch's answer, whatever it is
-        and all(t.stride(-1) == 1 and t.stride(-2) == _HEAD_DIM for t in (k, v))  # rows of 64 in a row
+        and k.is_contiguous()
+        and v.is_contiguous()
         # No backward: training goes through PyTorch's attention.
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
     )

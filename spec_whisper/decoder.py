@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cpu_attention import cross_attention, kernel_available, self_attention
+from .cpu_attention import cross_attention, kernel_available
 from .cuda_graphs import GraphedPasses
 from .heads import FullHead, Mask, ShortlistHead, main_head
 from .linear import FastLinear, Int8Linear, fuse_linears, int8_available
@@ -274,7 +274,8 @@ class WhisperDecoderRunner:
         batch, steps = tokens.shape
         positions = start[:, None] + torch.arange(steps, device=self.device)
         # Query t of row b may see every key at or before its own position, nothing after.
-        seen = positions + 1
+        visible = torch.arange(length, device=self.device) <= positions[..., None]
+        visible = visible[:, None]
         rows = torch.arange(batch, device=self.device)[:, None]
         x = self.embed_tokens[tokens] + self.embed_positions[positions]
         for i, layer in enumerate(self.layers):
@@ -282,11 +283,12 @@ class WhisperDecoderRunner:
             q, k, v = layer.self_qkv(h).chunk(3, dim=-1)
             cache.self_k[i][rows, :, positions] = k.view(batch, steps, self.num_heads, self.head_dim)
             cache.self_v[i][rows, :, positions] = v.view(batch, steps, self.num_heads, self.head_dim)
-            attn = self_attention(
+            attn = F.scaled_dot_product_attention(
                 self._heads(q) * self.scaling,
                 cache.self_k[i][:, :, :length],
                 cache.self_v[i][:, :, :length],
-                seen,
+                attn_mask=visible,
+                scale=1.0,
             )
             x = x + layer.self_out(attn.transpose(1, 2).reshape(batch, steps, self.d_model))
             h = layer.cross_norm(x)

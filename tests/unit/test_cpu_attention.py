@@ -6,13 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spec_whisper.cpu_attention import (
-    cross_attention,
-    encoder_attention,
-    kernel_available,
-    self_attention,
-    use_kernel,
-)
+from spec_whisper.cpu_attention import cross_attention, encoder_attention, kernel_available, use_kernel
 
 
 def _inputs(batch: int, queries: int, frames: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -57,44 +51,6 @@ def test_bf16_keys_and_values_are_widened_exactly(batch: int, queries: int, fram
         use_kernel(True)
     # Rounding the keys and values moves the result, but only a little.
     torch.testing.assert_close(cross_attention(q, k16, v16), cross_attention(q, k, v), rtol=0, atol=2e-2)
-
-
-def _cached(batch: int, queries: int, seed: int = 2) -> tuple[torch.Tensor, ...]:
-    """Queries at positions start[b] + t over a slice of a longer self-attention cache, as a decoder
-    pass has them, and the keys each query sees."""
-    generator = torch.Generator().manual_seed(seed)
-    start = torch.randint(0, 40, (batch,), generator=generator)
-    length = int(start.max()) + queries
-    cache_k, cache_v = (torch.randn(batch, 8, 448, 64, generator=generator) for _ in range(2))
-    q = torch.randn(batch, 8, queries, 64, generator=generator) * 0.3
-    seen = start[:, None] + torch.arange(queries) + 1
-    return q, cache_k[:, :, :length], cache_v[:, :, :length], seen
-
-
-@pytest.mark.parametrize(("batch", "queries"), [(1, 1), (1, 5), (4, 1), (3, 17)])
-def test_self_attention_stops_each_query_at_its_own_position(batch: int, queries: int) -> None:
-    q, k, v, seen = _cached(batch, queries)
-    assert not k.is_contiguous()  # a slice of the cache, read in place
-    visible = torch.arange(k.shape[2]) < seen[..., None]
-    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None], scale=1.0)
-    torch.testing.assert_close(self_attention(q, k, v, seen), expected, rtol=1e-5, atol=1e-5)
-    use_kernel(False)
-    try:
-        torch.testing.assert_close(self_attention(q, k, v, seen), expected, rtol=1e-5, atol=1e-5)
-    finally:
-        use_kernel(True)
-    # The same bits for a query alone as among the others of a verify pass.
-    together = self_attention(q, k, v, seen)
-    for t in range(queries):
-        alone = self_attention(q[:, :, t : t + 1].contiguous(), k, v, seen[:, t : t + 1].contiguous())
-        assert torch.equal(alone, together[:, :, t : t + 1])
-
-
-def test_self_attention_refuses_a_query_that_sees_no_key_or_too_many() -> None:
-    q, k, v, seen = _cached(2, 3)
-    for wrong in (seen * 0, seen + k.shape[2]):
-        with pytest.raises(RuntimeError, match="between 1 and all"):
-            self_attention(q, k, v, wrong)
 
 
 def test_strided_queries_and_other_shapes_fall_back_or_are_copied() -> None:

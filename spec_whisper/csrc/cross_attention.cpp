@@ -1,16 +1,13 @@
-// A decoder pass's attention on CPU: its few queries per row over the encoder's frames (cross-
-// attention) or over the row's own cached tokens up to each query's position (self-attention).
+// Cross-attention of a decoder pass's few queries over the encoder's frames, on CPU.
 //
 // A Whisper decoder pass at batch 8 reads about 300 MB of cross-attention keys and values (8 rows x
 // 6 layers x 1500 frames x 512 x 2 in fp32), the largest read of the pass. PyTorch's CPU attention
 // tiles queries and keys for matrix products, packing each block of keys, which pays for long query
 // blocks, not for the 1-17 queries per row of a decoder pass. Here every key and value row is read
 // once, straight into a dot product with each query of its row: 1.3-2.6x faster than PyTorch's at
-// batch 1-16 and 1-5 queries on the machine this was written on (docs/benchmarks.md). Self-attention
-// needs a mask with PyTorch's; here each query simply stops at its own length.
-//
-// A query's result does not depend on how many queries share the call: the same query gives the
-// same bits in a 1-token greedy pass and in a verify pass, which exactness relies on.
+// batch 1-16 and 1-5 queries on the machine this was written on (docs/benchmarks.md). A query's
+// result does not depend on how many queries share the call: the same query gives the same bits in
+// a 1-token greedy pass and in a verify pass.
 //
 // Keys and values may also be bf16 (an assistant's copy of the main model's, for drafts only): half
 // the bytes of a draft step's largest read, widened to fp32 exactly as they are loaded.
@@ -21,7 +18,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <optional>
 #include <vector>
 
 #include "exp.h"
@@ -40,18 +36,14 @@ inline float widen(uint16_t bf16) {
   return x;
 }
 
-// softmax(q k^T) v for one (row, head): q [T, 64] pre-scaled, k and v [L, 64], out [T, 64]. Query t
-// sees keys [0, seen[t]).
+// softmax(q k^T) v for one (row, head): q [T, 64] pre-scaled, k and v [L, 64], out [T, 64].
 template <typename KV>
 void attend(const float* q, const KV* k, const KV* v, float* out, int64_t T, int64_t L,
-            const int64_t* seen, std::vector<float>& scores) {
-  if (T == 0) return;
+            std::vector<float>& scores) {
   scores.resize(T * L);
-  const int64_t longest = *std::max_element(seen, seen + T);
-  for (int64_t l = 0; l < longest; ++l) {
+  for (int64_t l = 0; l < L; ++l) {
     const KV* key = k + l * kHeadDim;
     for (int64_t t = 0; t < T; ++t) {
-      if (l >= seen[t]) continue;
       const float* query = q + t * kHeadDim;
       float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
@@ -61,15 +53,14 @@ void attend(const float* q, const KV* k, const KV* v, float* out, int64_t T, int
   }
   for (int64_t t = 0; t < T; ++t) {
     float* row = scores.data() + t * L;
-    const float inverse = 1.f / exp_minus_max(row, seen[t]);
+    const float inverse = 1.f / exp_minus_max(row, L);
 #pragma omp simd
-    for (int64_t l = 0; l < seen[t]; ++l) row[l] *= inverse;
+    for (int64_t l = 0; l < L; ++l) row[l] *= inverse;
   }
   std::fill(out, out + T * kHeadDim, 0.f);
-  for (int64_t l = 0; l < longest; ++l) {
+  for (int64_t l = 0; l < L; ++l) {
     const KV* value = v + l * kHeadDim;
     for (int64_t t = 0; t < T; ++t) {
-      if (l >= seen[t]) continue;
       const float weight = scores[t * L + l];
       float* o = out + t * kHeadDim;
 #pragma omp simd
@@ -80,34 +71,19 @@ void attend(const float* q, const KV* k, const KV* v, float* out, int64_t T, int
 
 }  // namespace
 
-// q [B, H, T, 64] (already scaled, contiguous) fp32; k and v [B, H, L, 64], both fp32 or both bf16,
-// each head's rows of 64 contiguous (a slice of a longer cache will do); `lengths` [B, T] int64: the
-// keys query t of row b sees, from the first (1..L; all L without it) -> [B, H, T, 64] fp32.
-torch::Tensor decoder_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                const std::optional<torch::Tensor>& lengths) {
-  TORCH_CHECK(q.scalar_type() == torch::kFloat32, "decoder_attention takes fp32 queries");
+// q [B, H, T, 64] (already scaled) fp32, k and v [B, H, L, 64] both fp32 or both bf16, all
+// contiguous CPU tensors -> [B, H, T, 64] fp32.
+torch::Tensor cross_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  TORCH_CHECK(q.scalar_type() == torch::kFloat32, "cross_attention takes fp32 queries");
   TORCH_CHECK(k.scalar_type() == v.scalar_type() &&
                   (k.scalar_type() == torch::kFloat32 || k.scalar_type() == torch::kBFloat16),
-              "decoder_attention takes keys and values both fp32 or both bf16");
+              "cross_attention takes keys and values both fp32 or both bf16");
   for (const auto* t : {&q, &k, &v}) {
-    TORCH_CHECK(t->device().is_cpu() && t->dim() == 4 && t->size(3) == kHeadDim,
-                "decoder_attention takes 4-d CPU tensors with heads of 64");
-    TORCH_CHECK(t->stride(3) == 1 && t->stride(2) == kHeadDim, "decoder_attention takes rows of 64 in a row");
+    TORCH_CHECK(t->device().is_cpu() && t->dim() == 4, "cross_attention takes 4-d CPU tensors");
+    TORCH_CHECK(t->is_contiguous() && t->size(3) == kHeadDim, "cross_attention takes contiguous heads of 64");
   }
-  TORCH_CHECK(q.is_contiguous(), "decoder_attention takes contiguous queries");
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), L = k.size(2);
   TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == B && k.size(1) == H, "keys, values and queries disagree");
-  std::vector<int64_t> seen(B * T, L);
-  if (lengths) {
-    TORCH_CHECK(lengths->scalar_type() == torch::kInt64 && lengths->is_contiguous() && lengths->dim() == 2 &&
-                    lengths->size(0) == B && lengths->size(1) == T,
-                "decoder_attention takes lengths [B, T] of int64");
-    const int64_t* given = lengths->data_ptr<int64_t>();
-    for (int64_t i = 0; i < B * T; ++i) {
-      TORCH_CHECK(given[i] >= 1 && given[i] <= L, "every query sees between 1 and all of the keys");
-      seen[i] = given[i];
-    }
-  }
   auto out = torch::empty_like(q);
   const float* qp = q.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -115,10 +91,8 @@ torch::Tensor decoder_attention(const torch::Tensor& q, const torch::Tensor& k, 
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> scores;
       for (int64_t bh = begin; bh < end; ++bh) {
-        const int64_t b = bh / H, h = bh % H;
-        attend(qp + bh * T * kHeadDim, kp + b * k.stride(0) + h * k.stride(1),
-               vp + b * v.stride(0) + h * v.stride(1), op + bh * T * kHeadDim, T, L, seen.data() + b * T,
-               scores);
+        attend(qp + bh * T * kHeadDim, kp + bh * L * kHeadDim, vp + bh * L * kHeadDim,
+               op + bh * T * kHeadDim, T, L, scores);
       }
     });
   };
