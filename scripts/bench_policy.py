@@ -129,8 +129,9 @@ def main() -> None:
     pcm = english_clips(args.speech_dir, args.skip, args.clips)
     engine = PolicyEngine.load(args.main, args.assistant)
     costs = engine.costs()
-    assert engine.assistant is not None
-    narrow = engine.assistant.cross_dtype
+    assistant = engine.assistant
+    assert assistant is not None
+    narrow = assistant.cross_dtype
 
     load = np.round(os.getloadavg(), 2).tolist()
     lines = [
@@ -159,8 +160,7 @@ def main() -> None:
                 for name, (_, _, once_per_pass, startup_table, wide_cross) in POLICIES.items():
                     engine.once_per_pass, engine.startup_table = once_per_pass, startup_table
                     engine.wide_cross = wide_cross
-                    assert engine.assistant is not None
-                    engine.assistant.cross_dtype = torch.float32 if wide_cross else narrow
+                    assistant.cross_dtype = torch.float32 if wide_cross else narrow
                     counter = CountingRunner(engine, prices)
                     began = time.perf_counter()
                     results[name] += engine.decode(s, [options[name]] * len(chunk))

@@ -43,6 +43,7 @@ __all__ = [
 BATCHES = (1, 2, 4, 8, 16)
 TOKENS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 17)
 _LOG_BATCHES = [math.log(b) for b in BATCHES]
+Rates = Sequence[float] | Tensor | np.ndarray  # one probability per row
 # Where in the sequence the timed passes sit: a typical utterance's middle.
 _POSITION = 40
 
@@ -70,6 +71,9 @@ class DecoderCosts:
     _pass_parts: dict[tuple[int, int], np.ndarray] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
+    _prices: dict[tuple[int, int], list[float]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def verify_s(self, batch: int, tokens: int) -> float:
         per_row = np.array([np.interp(tokens, TOKENS, row) for row in self.verify]) / BATCHES
@@ -95,7 +99,10 @@ class DecoderCosts:
 
     def pass_prices(self, batch: int, maximum: int) -> list[float]:
         """`pass_s` as Python floats, for the policy (`expected_tokens`)."""
-        return self.pass_s(batch, maximum).tolist()
+        key = (batch, maximum)
+        if key not in self._prices:
+            self._prices[key] = self.pass_s(batch, maximum).tolist()
+        return self._prices[key]
 
     def observe(self, timed: PassTime) -> None:
         """A fixed table learns nothing from the passes decoding runs (`LiveCosts` does)."""
@@ -236,15 +243,15 @@ def _decisive_states(runner: WhisperDecoderRunner, rows: int) -> Tensor:
     return weight / weight.norm(dim=-1, keepdim=True) * 10 * weight.shape[-1] ** 0.5
 
 
-def best_draft_length(costs: PassCosts, acceptance: Tensor | np.ndarray, maximum: int) -> int:
+def best_draft_length(costs: PassCosts, acceptance: Rates, maximum: int) -> int:
     """The `k` in 0..maximum with the most committed tokens per second for rows of these acceptances."""
     return best_extension(costs, acceptance, maximum)
 
 
 def expected_tokens(
-    acceptance: Sequence[float] | Tensor | np.ndarray,
+    acceptance: Rates,
     more: int,
-    chain: Sequence[float] | Tensor | np.ndarray | None = None,
+    chain: Rates | None = None,
     base: float | None = None,
 ) -> list[float]:
     """Tokens a pass is expected to commit `[more + 1]` if it drafts 0..more further tokens. Row b's
@@ -265,10 +272,10 @@ def expected_tokens(
 
 def best_extension(
     costs: PassCosts,
-    acceptance: Sequence[float] | Tensor | np.ndarray,
+    acceptance: Rates,
     maximum: int,
     drafted: int = 0,
-    chain: Sequence[float] | Tensor | np.ndarray | None = None,
+    chain: Rates | None = None,
     expected: float | None = None,
 ) -> int:
     """How many drafts to add to the `drafted` already made for the most expected tokens per second
