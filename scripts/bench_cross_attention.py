@@ -1,13 +1,13 @@
-"""The CPU cross-attention kernel against PyTorch's attention: the operator, then decoder passes.
+"""The CPU decoder attention kernels against PyTorch's attention: the operator, then decoder passes.
 
     python scripts/bench_cross_attention.py --threads 2      # --batch 1 8 on --clips 8 from --skip 40
 
-1. The operator over six layers' keys and values (so each layer's are read from memory, as in a
-   pass), by batch size and queries per row.
+1. The cross-attention operator over six layers' keys and values (so each layer's are read from
+   memory, as in a pass), by batch size and queries per row.
 2. In place on real clips: a main decoder pass of 1, 3 and 5 tokens per row (the greedy head and the
-   logit filters included) and an assistant draft step, at batch 1 and 8, with the kernel on and off
-   in turns, best of the rounds. A verify pass's price over a 1-token pass is what decides whether
-   drafting pays (`cost_model.py`).
+   logit filters included) and an assistant draft step, at batch 1 and 8, with the kernels (self- and
+   cross-attention) on and off in turns, best of the rounds. A verify pass's price over a 1-token pass
+   is what decides whether drafting pays (`cost_model.py`).
 3. The assistant's cross-attention over its bf16 copy of the main model's keys and values against
    the fp32 originals, with the kernel: its mean draft step while decoding the clips at a fixed draft
    length of 3 (the same steps either way), the two taking turns clip by clip. In place, a draft step
@@ -76,11 +76,12 @@ def operator_table(rounds: int) -> list[str]:
         keys = [torch.randn(batch, 8, 1500, 64) for _ in range(6)]
         values = [torch.randn(batch, 8, 1500, 64) for _ in range(6)]
         for queries in (1, 2, 3, 5, 9):
-            q = torch.randn(batch, 8, queries, 64) * 0.2
+            q = torch.randn(batch, queries, 8 * 64) * 1.6  # merged heads, not yet scaled
+            heads = q.view(batch, queries, 8, 64).transpose(1, 2) * 0.125
             for k, v in zip(keys, values, strict=True):
-                torch.testing.assert_close(
-                    cpu_attention.cross_attention(q, k, v), F.scaled_dot_product_attention(q, k, v, scale=1.0)
-                )
+                expected = F.scaled_dot_product_attention(heads, k, v, scale=1.0)
+                expected = expected.transpose(1, 2).reshape(q.shape)
+                torch.testing.assert_close(cpu_attention.cross_attention(q, k, v), expected)
             theirs, ours = both_ways(partial(every_layer, q, keys, values), rounds)
             out.append(f"| {batch} | {queries} | {theirs:.2f} | {ours:.2f} | {theirs / ours:.2f}x |")
     return out

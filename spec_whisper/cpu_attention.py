@@ -1,9 +1,13 @@
-"""Attention over the encoder's frames: small C++ kernels on CPU, PyTorch's elsewhere.
+"""Attention for Whisper's encoder and decoder: small C++ kernels on CPU, PyTorch's elsewhere.
 
-The decoder's cross-attention kernel (`csrc/cross_attention.cpp`) reads each cross-attention key
-and value once for all the queries of a pass, where PyTorch's CPU attention packs blocks of keys
-once a pass brings several (measured here at batch 8, six layers: 1 query 7.1 ms against PyTorch's
-15.8 ms, 3 queries 11.1 ms against 23.8 ms; docs/benchmarks.md).
+The decoder's kernel (`csrc/decoder_attention.cpp`) reads each key and value once for all the
+queries of a pass, where PyTorch's CPU attention packs blocks of keys once a pass brings several
+(cross-attention measured here at batch 8, six layers: 1 query 7.1 ms against PyTorch's 15.8 ms,
+3 queries 11.1 ms against 23.8 ms; docs/benchmarks.md). For self-attention each query stops at its
+own position, where PyTorch's needs a mask built for the pass, and the kernel writes the pass's keys
+and values into the cache itself. Both take and give the heads merged, as the projections around
+them do: one call per attention where PyTorch took about ten operators, each costing 5-40 us right
+after a main pass has evicted them from the caches.
 
 The encoder's self-attention kernel (`csrc/encoder_attention.cpp`) keeps blocks of queries in
 registers against keys held in cache, from the fused projection's output to the output projection's
@@ -11,8 +15,9 @@ input without transposes (18 ms a whisper-base layer against PyTorch's 29 ms her
 
 Both are compiled on first use on the machine that runs them (about 30 s; `torch.utils.cpp_extension`
 caches the build) and cover fp32 CPU tensors with heads of 64, every Whisper size; the decoder's
-also takes bf16 keys and values (an assistant's copy, for drafts). Anything else, a machine without a
-C++ compiler, or SPEC_WHISPER_CPU_KERNEL=0 uses `scaled_dot_product_attention`.
+cross-attention also takes bf16 keys and values (an assistant's copy, for drafts).
+Anything else, a machine without a C++ compiler, or SPEC_WHISPER_CPU_KERNEL=0 uses
+`scaled_dot_product_attention`.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cross_attention", "encoder_attention", "kernel_available", "use_kernel"]
+__all__ = ["cross_attention", "encoder_attention", "kernel_available", "self_attention", "use_kernel"]
 
 _SOURCES = [
     Path(__file__).resolve().parent / "csrc" / name
-    for name in ("module.cpp", "cross_attention.cpp", "encoder_attention.cpp")
+    for name in ("module.cpp", "decoder_attention.cpp", "encoder_attention.cpp")
 ]
 _HEAD_DIM = 64
 
@@ -73,12 +78,49 @@ def kernel_available() -> bool:
     return _enabled and _kernel() is not None
 
 
+def self_attention(
+    qkv: Tensor, cache_k: Tensor, cache_v: Tensor, start: Tensor, heads: int, length: int
+) -> Tensor:
+    """A decoder layer's self-attention from its fused projection `qkv [B, T, 3 * width]` (queries not
+    yet scaled): writes token t's key and value into the layer's cache `[B, H, S, D]` at position
+    `start[b] + t`, then lets each query see its own position and those before it -> `[B, T, width]`.
+    `length`: the cache slots PyTorch's attention reads (at least up to the last position written;
+    all of them for a CUDA graph), masked past each query."""
+    if _enabled and _fits_self_kernel(qkv, cache_k, cache_v, start) and (kernel := _kernel()) is not None:
+        return kernel.decoder_self_attention(qkv, cache_k, cache_v, start, _HEAD_DIM**-0.5)
+    batch, steps, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+    head_dim = width // heads
+    q, k, v = qkv.split(width, dim=-1)
+    positions = start[:, None] + torch.arange(steps, device=qkv.device)
+    rows = torch.arange(batch, device=qkv.device)[:, None]
+    cache_k[rows, :, positions] = k.view(batch, steps, heads, head_dim)
+    cache_v[rows, :, positions] = v.view(batch, steps, heads, head_dim)
+    # Query t of row b may see every key at or before its own position, nothing after.
+    visible = torch.arange(length, device=qkv.device) <= positions[..., None]
+    attended = F.scaled_dot_product_attention(
+        _split_heads(q, heads) * head_dim**-0.5,
+        cache_k[:, :, :length],
+        cache_v[:, :, :length],
+        attn_mask=visible[:, None],
+        scale=1.0,
+    )
+    return attended.transpose(1, 2).reshape(batch, steps, width)
+
+
 def cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """`softmax(q k^T) v` per row and head: `q [B, H, T, D]` already scaled, `k, v [B, H, L, D]`
-    in `q`'s dtype or, on CPU, bf16."""
-    if _enabled and _fits_kernel(q, k, v) and (kernel := _kernel()) is not None:
-        return kernel.cross_attention(q.contiguous(), k, v)
-    return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), scale=1.0)
+    """`softmax(q k^T / sqrt(D)) v` per row and head from and to merged heads: `q [B, T, H * D]`
+    (not yet scaled), `k, v [B, H, L, D]` in `q`'s dtype or, on CPU, bf16 -> `[B, T, H * D]`."""
+    if _enabled and _fits_cross_kernel(q, k, v) and (kernel := _kernel()) is not None:
+        return kernel.decoder_cross_attention(q.contiguous(), k, v, _HEAD_DIM**-0.5)
+    heads, head_dim = k.shape[1], k.shape[3]
+    attended = F.scaled_dot_product_attention(
+        _split_heads(q, heads) * head_dim**-0.5, k.to(q.dtype), v.to(q.dtype), scale=1.0
+    )
+    return attended.transpose(1, 2).reshape(q.shape)
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    return x.view(x.shape[0], x.shape[1], heads, x.shape[2] // heads).transpose(1, 2)
 
 
 def encoder_attention(qkv: Tensor, heads: int) -> Tensor:
@@ -110,17 +152,38 @@ def _fits_encoder_kernel(qkv: Tensor, heads: int) -> bool:
     )
 
 
-def _fits_kernel(q: Tensor, k: Tensor, v: Tensor) -> bool:
-    tensors = (q, k, v)
+def _no_backward(*tensors: Tensor) -> bool:
+    """Training goes through PyTorch's attention, which has a backward."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _fits_self_kernel(qkv: Tensor, cache_k: Tensor, cache_v: Tensor, start: Tensor) -> bool:
+    tensors = (qkv, cache_k, cache_v, start)
     return (
-        all(t.device.type == "cpu" and t.dim() == 4 for t in tensors)
+        all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+        and all(t.dtype == torch.float32 for t in (qkv, cache_k, cache_v))
+        and start.dtype == torch.int64
+        and cache_k.dim() == 4
+        and cache_k.shape[-1] == _HEAD_DIM
+        and qkv.dim() == 3
+        and qkv.shape[2] == 3 * cache_k.shape[1] * _HEAD_DIM
+        and _no_backward(*tensors)
+    )
+
+
+def _fits_cross_kernel(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    return (
+        all(t.device.type == "cpu" for t in (q, k, v))
         and q.dtype == torch.float32
         and k.dtype == v.dtype
         and k.dtype in (torch.float32, torch.bfloat16)
-        and q.shape[-1] == _HEAD_DIM
+        and q.dim() == 3
+        and k.dim() == 4
+        and k.shape[-1] == _HEAD_DIM
         and k.shape[2] > 0  # no frames: PyTorch's answer, whatever it is
+        and q.shape[0] == k.shape[0]
+        and q.shape[2] == k.shape[1] * _HEAD_DIM
         and k.is_contiguous()
         and v.is_contiguous()
-        # No backward: training goes through PyTorch's attention.
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and _no_backward(q, k, v)
     )

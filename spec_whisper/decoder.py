@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cpu_attention import cross_attention, kernel_available
+from .cpu_attention import cross_attention, kernel_available, self_attention
 from .cuda_graphs import GraphedPasses
 from .heads import FullHead, Mask, ShortlistHead, main_head
 from .linear import FastLinear, Int8Linear, fuse_linears, int8_available
@@ -150,7 +150,6 @@ class WhisperDecoderRunner:
         if self.num_heads is None:
             self.num_heads = self.d_model // first.self_attn.head_dim
         self.head_dim = self.d_model // self.num_heads
-        self.scaling = self.head_dim**-0.5
         self.max_positions = hf_decoder.embed_positions.weight.shape[0]
         self.embed_tokens = hf_decoder.embed_tokens.weight.detach()
         self.embed_positions = hf_decoder.embed_positions.weight.detach()
@@ -271,29 +270,13 @@ class WhisperDecoderRunner:
     def attend(self, tokens: Tensor, start: Tensor, cache: DecoderCache, length: int) -> Tensor:
         """`states` for device tensors over the first `length` cache slots (at least up to the last
         position written)."""
-        batch, steps = tokens.shape
-        positions = start[:, None] + torch.arange(steps, device=self.device)
-        # Query t of row b may see every key at or before its own position, nothing after.
-        visible = torch.arange(length, device=self.device) <= positions[..., None]
-        visible = visible[:, None]
-        rows = torch.arange(batch, device=self.device)[:, None]
+        positions = start[:, None] + torch.arange(tokens.shape[1], device=self.device)
         x = self.embed_tokens[tokens] + self.embed_positions[positions]
         for i, layer in enumerate(self.layers):
-            h = layer.self_norm(x)
-            q, k, v = layer.self_qkv(h).chunk(3, dim=-1)
-            cache.self_k[i][rows, :, positions] = k.view(batch, steps, self.num_heads, self.head_dim)
-            cache.self_v[i][rows, :, positions] = v.view(batch, steps, self.num_heads, self.head_dim)
-            attn = F.scaled_dot_product_attention(
-                self._heads(q) * self.scaling,
-                cache.self_k[i][:, :, :length],
-                cache.self_v[i][:, :, :length],
-                attn_mask=visible,
-                scale=1.0,
-            )
-            x = x + layer.self_out(attn.transpose(1, 2).reshape(batch, steps, self.d_model))
-            h = layer.cross_norm(x)
-            query = self._heads(layer.cross_q(h)) * self.scaling
-            attn = cross_attention(query, cache.cross_k[i], cache.cross_v[i])
-            x = x + layer.cross_out(attn.transpose(1, 2).reshape(batch, steps, self.d_model))
+            qkv = layer.self_qkv(layer.self_norm(x))
+            attn = self_attention(qkv, cache.self_k[i], cache.self_v[i], start, self.num_heads, length)
+            x = x + layer.self_out(attn)
+            attn = cross_attention(layer.cross_q(layer.cross_norm(x)), cache.cross_k[i], cache.cross_v[i])
+            x = x + layer.cross_out(attn)
             x = x + layer.fc2(F.gelu(layer.fc1(layer.final_norm(x))))
         return self.final_norm(x)

@@ -6,14 +6,42 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spec_whisper.cpu_attention import cross_attention, encoder_attention, kernel_available, use_kernel
+from spec_whisper.cpu_attention import (
+    cross_attention,
+    encoder_attention,
+    kernel_available,
+    self_attention,
+    use_kernel,
+)
+
+HEADS = 8
 
 
 def _inputs(batch: int, queries: int, frames: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Queries with merged heads `[B, T, 512]`, not yet scaled, and keys and values `[B, 8, L, 64]`."""
     generator = torch.Generator().manual_seed(seed)
-    q = torch.randn(batch, 8, queries, 64, generator=generator) * 0.3
-    k, v = (torch.randn(batch, 8, frames, 64, generator=generator) for _ in range(2))
+    q = torch.randn(batch, queries, HEADS * 64, generator=generator) * 2.4
+    k, v = (torch.randn(batch, HEADS, frames, 64, generator=generator) for _ in range(2))
     return q, k, v
+
+
+def _split(x: torch.Tensor) -> torch.Tensor:
+    return x.view(x.shape[0], x.shape[1], HEADS, -1).transpose(1, 2)
+
+
+def _reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    attended = F.scaled_dot_product_attention(_split(q) * 64**-0.5, k, v, attn_mask=mask, scale=1.0)
+    return attended.transpose(1, 2).reshape(q.shape)
+
+
+def _without_kernel(run, *args):
+    use_kernel(False)
+    try:
+        return run(*args)
+    finally:
+        use_kernel(True)
 
 
 def test_the_kernel_builds_on_this_machine() -> None:
@@ -22,10 +50,11 @@ def test_the_kernel_builds_on_this_machine() -> None:
 
 
 @pytest.mark.parametrize(("batch", "queries", "frames"), [(1, 1, 1500), (3, 4, 1500), (2, 17, 7), (1, 2, 1)])
-def test_equals_pytorch_attention(batch: int, queries: int, frames: int) -> None:
+def test_cross_attention_equals_pytorch_attention(batch: int, queries: int, frames: int) -> None:
     q, k, v = _inputs(batch, queries, frames)
-    expected = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    expected = _reference(q, k, v)
     torch.testing.assert_close(cross_attention(q, k, v), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_without_kernel(cross_attention, q, k, v), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_query_gets_the_same_bits_however_many_share_the_call() -> None:
@@ -33,7 +62,7 @@ def test_a_query_gets_the_same_bits_however_many_share_the_call() -> None:
     q, k, v = _inputs(2, 5, 1500)
     together = cross_attention(q, k, v)
     for t in range(5):
-        assert torch.equal(cross_attention(q[:, :, t : t + 1].contiguous(), k, v), together[:, :, t : t + 1])
+        assert torch.equal(cross_attention(q[:, t : t + 1].contiguous(), k, v), together[:, t : t + 1])
 
 
 @pytest.mark.parametrize(("batch", "queries", "frames"), [(1, 1, 1500), (3, 2, 37)])
@@ -42,29 +71,68 @@ def test_bf16_keys_and_values_are_widened_exactly(batch: int, queries: int, fram
     # (rounded) values, and the fallback must accept them too.
     q, k, v = _inputs(batch, queries, frames)
     k16, v16 = k.bfloat16(), v.bfloat16()
-    expected = F.scaled_dot_product_attention(q, k16.float(), v16.float(), scale=1.0)
+    expected = _reference(q, k16.float(), v16.float())
     torch.testing.assert_close(cross_attention(q, k16, v16), expected, rtol=1e-5, atol=1e-5)
-    use_kernel(False)
-    try:
-        torch.testing.assert_close(cross_attention(q, k16, v16), expected, rtol=1e-5, atol=1e-5)
-    finally:
-        use_kernel(True)
+    torch.testing.assert_close(_without_kernel(cross_attention, q, k16, v16), expected, rtol=1e-5, atol=1e-5)
     # Rounding the keys and values moves the result, but only a little.
     torch.testing.assert_close(cross_attention(q, k16, v16), cross_attention(q, k, v), rtol=0, atol=2e-2)
 
 
-def test_strided_queries_and_other_shapes_fall_back_or_are_copied() -> None:
+def _pass(batch: int, queries: int, seed: int = 2) -> tuple[torch.Tensor, ...]:
+    """A decoder pass: fused `qkv [B, T, 3 * 512]`, one layer's cache `[B, 8, 448, 64]` holding stale
+    values, and each row's first position."""
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, 40, (batch,), generator=generator)
+    qkv = torch.randn(batch, queries, 3 * HEADS * 64, generator=generator) * 2.4
+    cache_k, cache_v = (torch.randn(batch, HEADS, 448, 64, generator=generator) for _ in range(2))
+    return qkv, cache_k, cache_v, start
+
+
+@pytest.mark.parametrize(("batch", "queries"), [(1, 1), (1, 5), (4, 1), (3, 17)])
+def test_self_attention_writes_the_cache_and_stops_each_query_at_its_own_position(
+    batch: int, queries: int
+) -> None:
+    qkv, cache_k, cache_v, start = _pass(batch, queries)
+    q, k, v = qkv.split(HEADS * 64, dim=-1)
+    positions = start[:, None] + torch.arange(queries)
+    expected_k, expected_v = cache_k.clone(), cache_v.clone()
+    rows = torch.arange(batch)[:, None]
+    expected_k[rows, :, positions] = _split(k).transpose(1, 2)
+    expected_v[rows, :, positions] = _split(v).transpose(1, 2)
+    length = int(positions.max()) + 1
+    visible = torch.arange(length) <= positions[..., None]
+    expected = _reference(q, expected_k[:, :, :length], expected_v[:, :, :length], visible[:, None])
+    for kernel in (True, False):
+        k_cache, v_cache = cache_k.clone(), cache_v.clone()
+        run = self_attention if kernel else lambda *a: _without_kernel(self_attention, *a)
+        attended = run(qkv, k_cache, v_cache, start, HEADS, length)
+        assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+        torch.testing.assert_close(attended, expected, rtol=1e-5, atol=1e-5)
+    # The same bits for a query alone (a greedy pass) as among the others of a verify pass.
+    together = self_attention(qkv, cache_k, cache_v, start, HEADS, length)
+    for t in range(queries):
+        alone = self_attention(qkv[:, t : t + 1].contiguous(), cache_k, cache_v, start + t, HEADS, length)
+        assert torch.equal(alone, together[:, t : t + 1])
+
+
+def test_self_attention_refuses_tokens_past_the_cache() -> None:
+    qkv, cache_k, cache_v, start = _pass(2, 3)
+    with pytest.raises(RuntimeError, match="past the cache"):
+        self_attention(qkv, cache_k, cache_v, start + 446, HEADS, 448)
+
+
+def test_other_shapes_and_layouts_fall_back() -> None:
     q, k, v = _inputs(1, 3, 50)
-    transposed_q = q.transpose(1, 2).contiguous().transpose(1, 2)  # the decoder's own layout
-    expected = F.scaled_dot_product_attention(q, k, v, scale=1.0)
-    torch.testing.assert_close(cross_attention(transposed_q, k, v), expected)
+    expected = _reference(q, k, v)
     strided_k = k.transpose(2, 3).contiguous().transpose(2, 3)
     torch.testing.assert_close(cross_attention(q, strided_k, v), expected)
-    small = torch.randn(1, 2, 3, 32), torch.randn(1, 2, 9, 32), torch.randn(1, 2, 9, 32)
-    torch.testing.assert_close(cross_attention(*small), F.scaled_dot_product_attention(*small, scale=1.0))
+    small = torch.randn(1, 3, 64), torch.randn(1, 2, 9, 32), torch.randn(1, 2, 9, 32)  # heads of 32
+    expected = F.scaled_dot_product_attention(
+        small[0].view(1, 3, 2, 32).transpose(1, 2) * 32**-0.5, *small[1:], scale=1.0
+    )
+    torch.testing.assert_close(cross_attention(*small), expected.transpose(1, 2).reshape(1, 3, 64))
     no_frames = q, k[:, :, :0].contiguous(), v[:, :, :0].contiguous()
-    expected = F.scaled_dot_product_attention(*no_frames, scale=1.0)
-    torch.testing.assert_close(cross_attention(*no_frames), expected, equal_nan=True)
+    torch.testing.assert_close(cross_attention(*no_frames), _reference(*no_frames), equal_nan=True)
 
 
 def test_training_keeps_gradients() -> None:
@@ -74,11 +142,7 @@ def test_training_keeps_gradients() -> None:
 
 
 def _encoder_reference(qkv: torch.Tensor, heads: int) -> torch.Tensor:
-    use_kernel(False)
-    try:
-        return encoder_attention(qkv, heads)
-    finally:
-        use_kernel(True)
+    return _without_kernel(encoder_attention, qkv, heads)
 
 
 @pytest.mark.parametrize(("batch", "frames"), [(1, 1500), (2, 37), (1, 5), (3, 1)])
