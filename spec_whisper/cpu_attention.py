@@ -78,9 +78,7 @@ def kernel_available() -> bool:
     return _enabled and _kernel() is not None
 
 
-def self_attention(
-    qkv: Tensor, cache_k: Tensor, cache_v: Tensor, start: Tensor, heads: int, length: int
-) -> Tensor:
+def self_attention(qkv: Tensor, cache_k: Tensor, cache_v: Tensor, start: Tensor, length: int) -> Tensor:
     """A decoder layer's self-attention from its fused projection `qkv [B, T, 3 * width]` (queries not
     yet scaled): writes token t's key and value into the layer's cache `[B, H, S, D]` at position
     `start[b] + t`, then lets each query see its own position and those before it -> `[B, T, width]`.
@@ -89,7 +87,7 @@ def self_attention(
     if _enabled and _fits_self_kernel(qkv, cache_k, cache_v, start) and (kernel := _kernel()) is not None:
         return kernel.decoder_self_attention(qkv, cache_k, cache_v, start, _HEAD_DIM**-0.5)
     batch, steps, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
-    head_dim = width // heads
+    heads, head_dim = cache_k.shape[1], cache_k.shape[3]
     q, k, v = qkv.split(width, dim=-1)
     positions = start[:, None] + torch.arange(steps, device=qkv.device)
     rows = torch.arange(batch, device=qkv.device)[:, None]
@@ -104,7 +102,7 @@ def self_attention(
         attn_mask=visible[:, None],
         scale=1.0,
     )
-    return attended.transpose(1, 2).reshape(batch, steps, width)
+    return _merge_heads(attended)
 
 
 def cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -116,11 +114,17 @@ def cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     attended = F.scaled_dot_product_attention(
         _split_heads(q, heads) * head_dim**-0.5, k.to(q.dtype), v.to(q.dtype), scale=1.0
     )
-    return attended.transpose(1, 2).reshape(q.shape)
+    return _merge_heads(attended)
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
+    """`[B, T, H * D]` -> `[B, H, T, D]`, a view."""
     return x.view(x.shape[0], x.shape[1], heads, x.shape[2] // heads).transpose(1, 2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """`[B, H, T, D]` -> `[B, T, H * D]`, the output projection's input."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], x.shape[1] * x.shape[3])
 
 
 def encoder_attention(qkv: Tensor, heads: int) -> Tensor:
@@ -128,16 +132,13 @@ def encoder_attention(qkv: Tensor, heads: int) -> Tensor:
     not yet scaled) to `[B, T, width]`, as transformers' Whisper encoder computes it."""
     if _enabled and _fits_encoder_kernel(qkv, heads) and (kernel := _kernel()) is not None:
         return kernel.encoder_attention(qkv, heads)
-    batch, frames, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+    width = qkv.shape[2] // 3
     q, k, v = qkv.split(width, dim=-1)
-    head_dim = width // heads
-
-    def split(t: Tensor) -> Tensor:
-        return t.view(batch, frames, heads, head_dim).transpose(1, 2)
-
-    q = q * head_dim**-0.5  # before the product, as transformers does: the same roundings
-    attended = F.scaled_dot_product_attention(split(q), split(k), split(v), scale=1.0)
-    return attended.transpose(1, 2).reshape(batch, frames, width)
+    q = q * (width // heads) ** -0.5  # before the product, as transformers does: the same roundings
+    attended = F.scaled_dot_product_attention(
+        _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads), scale=1.0
+    )
+    return _merge_heads(attended)
 
 
 def _fits_encoder_kernel(qkv: Tensor, heads: int) -> bool:

@@ -274,7 +274,7 @@ class WhisperDecoderRunner:
         x = self.embed_tokens[tokens] + self.embed_positions[positions]
         for i, layer in enumerate(self.layers):
             qkv = layer.self_qkv(layer.self_norm(x))
-            attn = self_attention(qkv, cache.self_k[i], cache.self_v[i], start, self.num_heads, length)
+            attn = self_attention(qkv, cache.self_k[i], cache.self_v[i], start, length)
             x = x + layer.self_out(attn)
             attn = cross_attention(layer.cross_q(layer.cross_norm(x)), cache.cross_k[i], cache.cross_v[i])
             x = x + layer.cross_out(attn)

@@ -45,8 +45,8 @@ inline float widen(uint16_t bf16) {
 }
 
 // softmax(scale q k^T) v for one (row, head): q [T, 64] with `q_stride` between queries, k and v
-// [L, 64], out [T, 64] with `out_stride`. Query t sees keys [0, seen[t]). The scale is a power of two
-// (64^-0.5) or 1, so scaling the product gives the bits of scaling the query first.
+// [L, 64], out [T, 64] with `out_stride`. Query t sees keys [0, seen[t]). The scale, 64^-0.5, is a
+// power of two, so scaling the product gives the bits of scaling the query first.
 template <typename KV>
 void attend(const float* q, int64_t q_stride, const KV* k, const KV* v, float* out, int64_t out_stride,
             int64_t T, int64_t L, const int64_t* seen, float scale, std::vector<float>& scores) {
@@ -126,9 +126,8 @@ torch::Tensor decoder_self_attention(const torch::Tensor& qkv, torch::Tensor& ca
         std::memcpy(keys + (first[b] + t) * kHeadDim, token + W, kHeadDim * sizeof(float));
         std::memcpy(values + (first[b] + t) * kHeadDim, token + 2 * W, kHeadDim * sizeof(float));
       }
-      attend(in + b * T * 3 * W + h * kHeadDim, 3 * W, static_cast<const float*>(keys),
-             static_cast<const float*>(values), op + b * T * W + h * kHeadDim, W, T, S, seen.data() + b * T,
-             static_cast<float>(scale), scores);
+      attend(in + b * T * 3 * W + h * kHeadDim, 3 * W, keys, values, op + b * T * W + h * kHeadDim, W, T, S,
+             seen.data() + b * T, static_cast<float>(scale), scores);
     }
   });
   return out;

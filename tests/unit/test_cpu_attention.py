@@ -105,20 +105,20 @@ def test_self_attention_writes_the_cache_and_stops_each_query_at_its_own_positio
     for kernel in (True, False):
         k_cache, v_cache = cache_k.clone(), cache_v.clone()
         run = self_attention if kernel else lambda *a: _without_kernel(self_attention, *a)
-        attended = run(qkv, k_cache, v_cache, start, HEADS, length)
+        attended = run(qkv, k_cache, v_cache, start, length)
         assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
         torch.testing.assert_close(attended, expected, rtol=1e-5, atol=1e-5)
     # The same bits for a query alone (a greedy pass) as among the others of a verify pass.
-    together = self_attention(qkv, cache_k, cache_v, start, HEADS, length)
+    together = self_attention(qkv, cache_k, cache_v, start, length)
     for t in range(queries):
-        alone = self_attention(qkv[:, t : t + 1].contiguous(), cache_k, cache_v, start + t, HEADS, length)
+        alone = self_attention(qkv[:, t : t + 1].contiguous(), cache_k, cache_v, start + t, length)
         assert torch.equal(alone, together[:, t : t + 1])
 
 
 def test_self_attention_refuses_tokens_past_the_cache() -> None:
     qkv, cache_k, cache_v, start = _pass(2, 3)
     with pytest.raises(RuntimeError, match="past the cache"):
-        self_attention(qkv, cache_k, cache_v, start + 446, HEADS, 448)
+        self_attention(qkv, cache_k, cache_v, start + 446, 448)
 
 
 def test_other_shapes_and_layouts_fall_back() -> None:
