@@ -124,6 +124,9 @@ def test_self_attention_refuses_tokens_past_the_cache() -> None:
 def test_other_shapes_and_layouts_fall_back() -> None:
     q, k, v = _inputs(1, 3, 50)
     expected = _reference(q, k, v)
+    strided_q = torch.cat([q, q], dim=-1)[..., : q.shape[-1]]  # copied for the kernel
+    assert not strided_q.is_contiguous()
+    torch.testing.assert_close(cross_attention(strided_q, k, v), expected)
     strided_k = k.transpose(2, 3).contiguous().transpose(2, 3)
     torch.testing.assert_close(cross_attention(q, strided_k, v), expected)
     small = torch.randn(1, 3, 64), torch.randn(1, 2, 9, 32), torch.randn(1, 2, 9, 32)  # heads of 32
