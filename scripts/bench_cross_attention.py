@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_engine import engine_arguments, english_clips, record  # scripts/, beside this file
 
-from spec_whisper import cpu_attention
+from spec_whisper import cpu_attention, cpu_kernels
 from spec_whisper.engine import SpeculativeWhisper
 from spec_whisper.logit_filters import apply_filters
 from spec_whisper.types import DecodingOptions
@@ -52,9 +52,9 @@ def both_ways(run: Callable[[], object], rounds: int) -> tuple[float, float]:
     times = {False: float("inf"), True: float("inf")}
     for _ in range(rounds):
         for kernel in (False, True):
-            cpu_attention.use_kernel(kernel)
+            cpu_kernels.use_kernels(kernel)
             times[kernel] = min(times[kernel], best_ms(run, 3))
-    cpu_attention.use_kernel(True)
+    cpu_kernels.use_kernels(True)
     return times[False], times[True]
 
 
@@ -178,7 +178,7 @@ def main() -> None:
     if max(args.batch) > args.clips:
         parser.error("--clips must fill the largest --batch")
     torch.set_num_threads(args.threads)
-    if not cpu_attention.kernel_available():
+    if not cpu_kernels.kernels_available():
         sys.exit("the kernel did not build here: nothing to compare")
     lines = operator_table(args.rounds)
     engine = SpeculativeWhisper.load(args.main, args.assistant)

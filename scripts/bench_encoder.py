@@ -21,17 +21,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_cross_attention import best_ms  # scripts/, beside this file
 from bench_engine import engine_arguments, english_clips, record
 
-from spec_whisper import cpu_attention
+from spec_whisper import cpu_kernels
 from spec_whisper.engine import SpeculativeWhisper
 from spec_whisper.loading import load_models
 
 
 def run_ours(engine: SpeculativeWhisper, mel: torch.Tensor, kernel: bool) -> torch.Tensor:
-    cpu_attention.use_kernel(kernel)
+    cpu_kernels.use_kernels(kernel)
     try:
         return engine.encode(mel).main
     finally:
-        cpu_attention.use_kernel(True)
+        cpu_kernels.use_kernels(True)
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ ORDER = [
     "assistant new_cache",
     "generate (all passes)",
     "main greedy (verify) pass",
+    "  of which main decoder layers",
     "drafter propose",
     "assistant draft step",
     "  of which decoder layers",
@@ -60,6 +61,7 @@ def instrument(whisper: SpeculativeWhisper) -> None:
     main, assistant = whisper.main, whisper.assistant
     main.new_cache = timed("main new_cache (cross-attention k/v)", main.new_cache)
     main.greedy = timed("main greedy (verify) pass", main.greedy)
+    main.states = timed("  of which main decoder layers", main.states)
     assistant.new_cache = timed("assistant new_cache", assistant.new_cache)
     assistant.draft = timed("assistant draft step", assistant.draft)
     assistant.states = timed("  of which decoder layers", assistant.states)

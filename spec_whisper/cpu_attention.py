@@ -13,69 +13,23 @@ The encoder's self-attention kernel (`csrc/encoder_attention.cpp`) keeps blocks 
 registers against keys held in cache, from the fused projection's output to the output projection's
 input without transposes (18 ms a whisper-base layer against PyTorch's 29 ms here).
 
-Both are compiled on first use on the machine that runs them (about 30 s; `torch.utils.cpp_extension`
-caches the build) and cover fp32 CPU tensors with heads of 64, every Whisper size; the decoder's
-cross-attention also takes bf16 keys and values (an assistant's copy, for drafts).
+Both are built by `cpu_kernels` and cover fp32 CPU tensors with heads of 64, every Whisper size; the
+decoder's cross-attention also takes bf16 keys and values (an assistant's copy, for drafts).
 Anything else, a machine without a C++ compiler, or SPEC_WHISPER_CPU_KERNEL=0 uses
 `scaled_dot_product_attention`.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import warnings
-from pathlib import Path
-from types import ModuleType
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cross_attention", "encoder_attention", "kernel_available", "self_attention", "use_kernel"]
+from .cpu_kernels import kernels
 
-_SOURCES = [
-    Path(__file__).resolve().parent / "csrc" / name
-    for name in ("module.cpp", "decoder_attention.cpp", "encoder_attention.cpp")
-]
+__all__ = ["cross_attention", "encoder_attention", "self_attention"]
+
 _HEAD_DIM = 64
-
-
-_enabled = os.environ.get("SPEC_WHISPER_CPU_KERNEL", "1") != "0"
-
-
-def use_kernel(enabled: bool) -> None:
-    """Switch the kernel on or off for this process (benchmarks compare both in one run)."""
-    global _enabled
-    _enabled = enabled
-
-
-@functools.cache
-def _kernel() -> ModuleType | None:
-    from torch.utils.cpp_extension import load  # imports setuptools: only when the kernel is wanted
-
-    try:
-        import ninja  # the PyPI build tool: put it on PATH, where the build looks (venvs are not)
-
-        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
-    except ImportError:
-        pass
-    try:
-        return load(
-            name="spec_whisper_cpu_attention",
-            sources=[str(path) for path in _SOURCES],
-            # -march=native: built where it runs. Fast math vectorises exp(); infinities stay defined.
-            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
-            verbose=False,
-        )
-    except Exception as error:  # no compiler or no ninja: correct, only slower
-        warnings.warn(f"CPU attention kernels unavailable, using PyTorch's: {error}", stacklevel=2)
-        return None
-
-
-def kernel_available() -> bool:
-    """Whether the C++ kernel is on and built (building it now if needed)."""
-    return _enabled and _kernel() is not None
 
 
 def self_attention(qkv: Tensor, cache_k: Tensor, cache_v: Tensor, start: Tensor, length: int) -> Tensor:
@@ -84,7 +38,7 @@ def self_attention(qkv: Tensor, cache_k: Tensor, cache_v: Tensor, start: Tensor,
     `start[b] + t`, then lets each query see its own position and those before it -> `[B, T, width]`.
     `length`: the cache slots PyTorch's attention reads (at least up to the last position written;
     all of them for a CUDA graph), masked past each query."""
-    if _enabled and _fits_self_kernel(qkv, cache_k, cache_v, start) and (kernel := _kernel()) is not None:
+    if _fits_self_kernel(qkv, cache_k, cache_v, start) and (kernel := kernels()) is not None:
         return kernel.decoder_self_attention(qkv, cache_k, cache_v, start, _HEAD_DIM**-0.5)
     batch, steps, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
     heads, head_dim = cache_k.shape[1], cache_k.shape[3]
@@ -108,7 +62,7 @@ def self_attention(qkv: Tensor, cache_k: Tensor, cache_v: Tensor, start: Tensor,
 def cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """`softmax(q k^T / sqrt(D)) v` per row and head from and to merged heads: `q [B, T, H * D]`
     (not yet scaled), `k, v [B, H, L, D]` in `q`'s dtype or, on CPU, bf16 -> `[B, T, H * D]`."""
-    if _enabled and _fits_cross_kernel(q, k, v) and (kernel := _kernel()) is not None:
+    if _fits_cross_kernel(q, k, v) and (kernel := kernels()) is not None:
         return kernel.decoder_cross_attention(q.contiguous(), k, v, _HEAD_DIM**-0.5)
     heads, head_dim = k.shape[1], k.shape[3]
     attended = F.scaled_dot_product_attention(
@@ -130,7 +84,7 @@ def _merge_heads(x: Tensor) -> Tensor:
 def encoder_attention(qkv: Tensor, heads: int) -> Tensor:
     """Self-attention over all frames, from the fused projection's `qkv [B, T, 3 * width]` (queries
     not yet scaled) to `[B, T, width]`, as transformers' Whisper encoder computes it."""
-    if _enabled and _fits_encoder_kernel(qkv, heads) and (kernel := _kernel()) is not None:
+    if _fits_encoder_kernel(qkv, heads) and (kernel := kernels()) is not None:
         return kernel.encoder_attention(qkv, heads)
     width = qkv.shape[2] // 3
     q, k, v = qkv.split(width, dim=-1)

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cpu_attention import cross_attention, kernel_available, self_attention
+from .cpu_attention import cross_attention, self_attention
+from .cpu_kernels import kernels_available
 from .cuda_graphs import GraphedPasses
 from .heads import FullHead, Mask, ShortlistHead, main_head
-from .linear import FastLinear, Int8Linear, fuse_linears, int8_available
+from .linear import FastLinear, Int8Linear, Linear, decoder_linear, draft_linear, fuse_linears, int8_available
 
-Linear = FastLinear | Int8Linear
 Head = FullHead | ShortlistHead
 
 __all__ = [
@@ -167,7 +167,7 @@ class WhisperDecoderRunner:
             lang: ShortlistHead(output_weight, ids, int8) for lang, ids in (language_shortlists or {}).items()
         }
         int8 = int8 and int8_available(output_weight)
-        linear = Int8Linear if int8 else FastLinear
+        linear = draft_linear if int8 else decoder_linear
         self.int8 = int8
         self.cross_from = cross_from or [None] * len(hf_decoder.layers)
         self.encoder_dim = hf_decoder.layers[0].encoder_attn.k_proj.in_features
@@ -180,9 +180,12 @@ class WhisperDecoderRunner:
                 self_out=linear(lay.self_attn.out_proj.weight, lay.self_attn.out_proj.bias),
                 self_norm=lay.self_attn_layer_norm,
                 cross_q=linear(lay.encoder_attn.q_proj.weight, lay.encoder_attn.q_proj.bias),
+                # Once per request over every frame: a large product, oneDNN's.
                 cross_kv=None
                 if source is not None
-                else fuse_linears(lay.encoder_attn.k_proj, lay.encoder_attn.v_proj, kind=linear),
+                else fuse_linears(
+                    lay.encoder_attn.k_proj, lay.encoder_attn.v_proj, kind=Int8Linear if int8 else FastLinear
+                ),
                 cross_out=linear(lay.encoder_attn.out_proj.weight, lay.encoder_attn.out_proj.bias),
                 cross_norm=lay.encoder_attn_layer_norm,
                 fc1=linear(lay.fc1.weight, lay.fc1.bias),
@@ -194,7 +197,7 @@ class WhisperDecoderRunner:
         on_gpu = cuda_graphs and self.device.type == "cuda"
         self.graphs = GraphedPasses(self.fixed_shape_states, self.device) if on_gpu else None
         if self.device.type == "cpu" and self.dtype == torch.float32:
-            kernel_available()  # built (or found built) now rather than during the first request
+            kernels_available()  # built (or found built) now rather than during the first request
 
     @property
     def dtype(self) -> torch.dtype:

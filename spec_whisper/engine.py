@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .core_turns import CoreTurns
 from .cost_model import DecoderCosts, LiveCosts, PassCosts
-from .cpu_attention import kernel_available
+from .cpu_kernels import kernels_available
 from .decoder import WhisperDecoderRunner, shared_cross_attention
 from .drafters import AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
 from .encoder import WhisperEncoderRunner
@@ -88,7 +88,7 @@ class SpeculativeWhisper:
                     else shared_cross_attention(models.main.model.decoder, decoder)
                 )
                 head = models.assistant.proj_out.weight
-                narrow = int8_assistant and self.device.type == "cpu" and kernel_available()
+                narrow = int8_assistant and self.device.type == "cpu" and kernels_available()
                 self.assistant = WhisperDecoderRunner(
                     decoder,
                     head,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .linear import FastLinear, Int8Linear, int8_available
+from .linear import Int8Linear, decoder_linear, draft_linear, int8_available
 
 __all__ = ["FullHead", "Mask", "ScreenedHead", "ShortlistHead", "main_head"]
 
@@ -24,7 +24,7 @@ class FullHead:
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
         self.vocab_size = weight.shape[0]
-        self.linear = FastLinear(weight, bias)
+        self.linear = decoder_linear(weight, bias)
 
     def logits(self, states: Tensor) -> Tensor:
         return self.linear(states)
@@ -51,11 +51,10 @@ class ShortlistHead:
         self.vocab_size = weight.shape[0]
         self.shortlist = shortlist.to(weight.device)
         rows = weight[self.shortlist]
-        self.int8 = Int8Linear(rows) if int8 and int8_available(rows) else None
-        self.linear = FastLinear(rows, None) if self.int8 is None else None
+        self.linear = draft_linear(rows, None) if int8 else decoder_linear(rows, None)
 
     def logits(self, states: Tensor) -> Tensor:
-        scores = self._scores(states)
+        scores = self.linear(states)
         full = scores.new_full((*scores.shape[:-1], self.vocab_size), -torch.inf)
         return full.index_copy_(-1, self.shortlist, scores)
 
@@ -65,13 +64,10 @@ class ShortlistHead:
     def draft(self, states: Tensor, mask: Mask) -> tuple[Tensor, Tensor]:
         """Greedy tokens and their probabilities over the shortlist. The filters act on the full
         vocabulary, so they mark forbidden ids in a zero row that the shortlist then reads."""
-        scores = self._scores(states)
+        scores = self.linear(states)
         forbidden = mask(scores.new_zeros((*scores.shape[:-1], self.vocab_size)))
         position, probability = _choice(scores + forbidden.index_select(-1, self.shortlist))
         return self.shortlist[position], probability
-
-    def _scores(self, states: Tensor) -> Tensor:
-        return self.linear(states) if self.int8 is None else self.int8.approximate(states)
 
 
 class ScreenedHead(FullHead):

@@ -1,14 +1,26 @@
-"""Matrix products for decoder steps that are bound by reading weights: fp32 through oneDNN, and int8."""
+"""Matrix products for decoder steps that are bound by reading weights: fp32 through our few-row
+kernel or oneDNN, and int8 through fbgemm."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FastLinear", "Int8Linear", "fuse_linears", "int8_available"]
+from .cpu_kernels import kernels
+
+__all__ = [
+    "FastLinear",
+    "FewRowsLinear",
+    "Int8Linear",
+    "decoder_linear",
+    "draft_linear",
+    "fuse_linears",
+    "int8_available",
+]
 
 
 class FastLinear:
@@ -40,9 +52,57 @@ class FastLinear:
         return y.view(*x.shape[:-1], self.out_features)
 
 
-def fuse_linears(
-    *linears: nn.Linear, kind: type[FastLinear | Int8Linear] = FastLinear
-) -> FastLinear | Int8Linear:
+class FewRowsLinear:
+    """`y = x @ W.T + b` for a decoder pass's few rows (`csrc/few_rows_linear.cpp`).
+
+    The weights are packed once in blocks of 64 outputs and read once per call, whatever the rows:
+    a 4-row verify pass costs about what a 1-row greedy pass does, and each row's result has the
+    same bits however many rows share the call (measured on whisper-base's six decoder layers:
+    docs/benchmarks.md). With `int8` the weights are rounded per output row as `Int8Linear`'s and
+    widened back to fp32 in the product, activations staying fp32: a quarter of the bytes, for an
+    assistant's drafts. Needs the CPU kernels built with AVX-512 (`available`).
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, int8: bool = False) -> None:
+        kernel = kernels()
+        assert kernel is not None and self.available(weight), "FewRowsLinear.available() is false"
+        self.kernel = kernel
+        self.out_features, self.in_features = weight.shape
+        weight = weight.detach().float().contiguous()
+        bias = torch.zeros_like(weight[:, 0]) if bias is None else bias.detach().float().contiguous()
+        step = None
+        if int8:
+            step = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
+            weight = torch.round(weight / step[:, None]).clamp(-127, 127).to(torch.int8)
+        self.packed, self.bias, self.scale = kernel.few_rows_linear_pack(weight, bias, step)
+        if step is None:
+            self.scale = None
+
+    @staticmethod
+    def available(weight: Tensor) -> bool:
+        kernel = kernels() if weight.device.type == "cpu" and weight.dtype == torch.float32 else None
+        return kernel is not None and kernel.few_rows_linear_supported()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, self.in_features).contiguous()
+        y = self.kernel.few_rows_linear(rows, self.packed, self.bias, self.scale, self.out_features)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def decoder_linear(weight: Tensor, bias: Tensor | None) -> FewRowsLinear | FastLinear:
+    """The fp32 product for decoder passes: the few-row kernel where it is built, else oneDNN's."""
+    return FewRowsLinear(weight, bias) if FewRowsLinear.available(weight) else FastLinear(weight, bias)
+
+
+def draft_linear(weight: Tensor, bias: Tensor | None) -> FewRowsLinear | Int8Linear | FastLinear:
+    """An assistant's approximate product: int8 weights in the few-row kernel where it is built,
+    else fbgemm's int8 product, else fp32."""
+    if FewRowsLinear.available(weight):
+        return FewRowsLinear(weight, bias, int8=True)
+    return Int8Linear(weight, bias) if int8_available(weight) else FastLinear(weight, bias)
+
+
+def fuse_linears(*linears: nn.Linear, kind: Callable[[Tensor, Tensor | None], Linear] = FastLinear) -> Linear:
     """One product for several linears of the same input (attention's q, k, v): their outputs side by
     side. A missing bias is zeros, which adds nothing."""
     weight = torch.cat([lin.weight for lin in linears])
@@ -89,3 +149,6 @@ class Int8Linear:
     def on_grid(self, x: Tensor, scale: float) -> Tensor:
         """`x` (rows of integers in [-63, 63] times the power of two `scale`) times the int8 weights."""
         return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x, scale, 64, self.packed)
+
+
+Linear = FastLinear | FewRowsLinear | Int8Linear

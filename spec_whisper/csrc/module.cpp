@@ -1,4 +1,4 @@
-// The CPU attention kernels as one extension module (`spec_whisper/cpu_attention.py` builds it).
+// The CPU kernels as one extension module (`spec_whisper/cpu_kernels.py` builds it).
 #include <torch/extension.h>
 
 torch::Tensor decoder_self_attention(const torch::Tensor& qkv, torch::Tensor& cache_k, torch::Tensor& cache_v,
@@ -6,10 +6,18 @@ torch::Tensor decoder_self_attention(const torch::Tensor& qkv, torch::Tensor& ca
 torch::Tensor decoder_cross_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                       double scale);
 torch::Tensor encoder_attention(const torch::Tensor& qkv, int64_t heads);
+bool few_rows_linear_supported();
+std::vector<torch::Tensor> few_rows_linear_pack(const torch::Tensor& weight, const torch::Tensor& bias,
+                                                const c10::optional<torch::Tensor>& scale);
+torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& bias,
+                              const c10::optional<torch::Tensor>& scale, int64_t out_features);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decoder_self_attention", &decoder_self_attention,
         "a decoder layer's self-attention from its fused q, k, v, writing the new keys and values to its cache");
   m.def("decoder_cross_attention", &decoder_cross_attention, "cross-attention from and to the merged heads");
   m.def("encoder_attention", &encoder_attention, "an encoder's self-attention from its fused q, k, v");
+  m.def("few_rows_linear_supported", &few_rows_linear_supported, "whether the product was built (AVX-512)");
+  m.def("few_rows_linear_pack", &few_rows_linear_pack, "weights and bias packed for few_rows_linear");
+  m.def("few_rows_linear", &few_rows_linear, "x W^T + b for a decoder pass's few rows");
 }

@@ -6,13 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spec_whisper.cpu_attention import (
-    cross_attention,
-    encoder_attention,
-    kernel_available,
-    self_attention,
-    use_kernel,
-)
+from spec_whisper.cpu_attention import cross_attention, encoder_attention, self_attention
+from spec_whisper.cpu_kernels import kernels_available, use_kernels
 
 HEADS = 8
 
@@ -37,16 +32,16 @@ def _reference(
 
 
 def _without_kernel(run, *args):
-    use_kernel(False)
+    use_kernels(False)
     try:
         return run(*args)
     finally:
-        use_kernel(True)
+        use_kernels(True)
 
 
 def test_the_kernel_builds_on_this_machine() -> None:
     # CI machines have a C++ compiler: a silent fallback to PyTorch would hide a broken build.
-    assert kernel_available()
+    assert kernels_available()
 
 
 @pytest.mark.parametrize(("batch", "queries", "frames"), [(1, 1, 1500), (3, 4, 1500), (2, 17, 7), (1, 2, 1)])

@@ -7,7 +7,7 @@ import torch
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from spec_whisper.cpu_attention import use_kernel
+from spec_whisper.cpu_kernels import use_kernels
 from spec_whisper.encoder import CPU_WINDOWS_PER_PASS, WhisperEncoderRunner
 
 
@@ -24,11 +24,11 @@ def test_equals_transformers_encoder(encoder: WhisperEncoder, kernel: bool) -> N
     mel = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = encoder(mel).last_hidden_state
-        use_kernel(kernel)
+        use_kernels(kernel)
         try:
             ours = WhisperEncoderRunner(encoder)(mel)
         finally:
-            use_kernel(True)
+            use_kernels(True)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
 
 

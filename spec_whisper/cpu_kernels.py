@@ -1,0 +1,64 @@
+"""The C++ kernels for CPUs, built once on the machine that runs them.
+
+`csrc/` holds the decoder's and the encoder's attention (`cpu_attention.py`) and the decoder's
+few-row products (`linear.FewRowsLinear`). They are compiled on first use with `-march=native`
+(about 40 s; `torch.utils.cpp_extension` caches the build). Without a C++ compiler, or with
+SPEC_WHISPER_CPU_KERNEL=0, everything runs on PyTorch's own operators: correct, only slower.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["kernels", "kernels_available", "use_kernels"]
+
+_SOURCES = [
+    Path(__file__).resolve().parent / "csrc" / name
+    for name in ("module.cpp", "decoder_attention.cpp", "encoder_attention.cpp", "few_rows_linear.cpp")
+]
+
+_enabled = os.environ.get("SPEC_WHISPER_CPU_KERNEL", "1") != "0"
+
+
+def use_kernels(enabled: bool) -> None:
+    """Switch the kernels on or off for this process (benchmarks compare both in one run). Products
+    choose when their weights are packed, attention at every call."""
+    global _enabled
+    _enabled = enabled
+
+
+def kernels() -> ModuleType | None:
+    """The built module when the kernels are on, else None."""
+    return _build() if _enabled else None
+
+
+def kernels_available() -> bool:
+    """Whether the kernels are on and built (building them now if needed)."""
+    return kernels() is not None
+
+
+@functools.cache
+def _build() -> ModuleType | None:
+    from torch.utils.cpp_extension import load  # imports setuptools: only when the kernels are wanted
+
+    try:
+        import ninja  # the PyPI build tool: put it on PATH, where the build looks (venvs are not)
+
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+    except ImportError:
+        pass
+    try:
+        return load(
+            name="spec_whisper_cpu_kernels",
+            sources=[str(path) for path in _SOURCES],
+            # -march=native: built where it runs. Fast math vectorises exp(); infinities stay defined.
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
+            verbose=False,
+        )
+    except Exception as error:  # no compiler or no ninja: correct, only slower
+        warnings.warn(f"CPU kernels unavailable, using PyTorch's operators: {error}", stacklevel=2)
+        return None

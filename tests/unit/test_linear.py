@@ -1,0 +1,71 @@
+"""The decoder's few-row fp32 product against float64 arithmetic and against itself across row counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spec_whisper.linear import FastLinear, FewRowsLinear, decoder_linear
+
+
+def _weights(out_features: int, in_features: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_features, in_features, generator=generator) * in_features**-0.5
+    return weight, torch.randn(out_features, generator=generator)
+
+
+def test_the_few_row_product_is_built_on_this_machine() -> None:
+    # CI machines have AVX-512 and a compiler: a silent fallback to oneDNN would hide a broken build.
+    weight, _ = _weights(64, 64)
+    assert FewRowsLinear.available(weight)
+    assert isinstance(decoder_linear(weight, None), FewRowsLinear)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 7, 40])
+@pytest.mark.parametrize(("out_features", "in_features"), [(512, 512), (100, 2048), (51865 // 8, 384)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_it_matches_float64_arithmetic(
+    rows: int, out_features: int, in_features: int, with_bias: bool
+) -> None:
+    weight, bias = _weights(out_features, in_features)
+    bias = bias if with_bias else None
+    x = torch.randn(2, rows, in_features)
+    y = FewRowsLinear(weight, bias)(x)
+    expected = x.double() @ weight.double().T + (0 if bias is None else bias.double())
+    assert y.shape == (2, rows, out_features) and y.dtype == torch.float32
+    # Blocked summation: about as close to the exact sums as oneDNN's own fp32 product.
+    torch.testing.assert_close(y.double(), expected, rtol=0, atol=2e-5)
+    oneDNN = FastLinear(weight, bias)(x)
+    assert (y - oneDNN).abs().max() < 2e-5
+
+
+def test_a_row_gets_the_same_bits_whatever_rows_share_the_call() -> None:
+    # A greedy pass (1 row) and a verify pass (several) must agree bit for bit on the same row.
+    weight, bias = _weights(1000, 512, seed=1)
+    linear = FewRowsLinear(weight, bias)
+    x = torch.randn(17, 512) * 3
+    alone = torch.cat([linear(x[i : i + 1]) for i in range(len(x))])
+    for rows in range(1, len(x) + 1):
+        assert torch.equal(linear(x[:rows]), alone[:rows]), rows
+
+
+def test_non_contiguous_inputs_and_no_rows() -> None:
+    weight, bias = _weights(128, 64, seed=2)
+    linear = FewRowsLinear(weight, bias)
+    x = torch.randn(64, 5).T  # [5, 64], transposed
+    assert torch.equal(linear(x), linear(x.contiguous()))
+    assert linear(torch.empty(0, 64)).shape == (0, 128)
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_int8_weights_give_the_rounded_weights_product(rows: int) -> None:
+    weight, bias = _weights(200, 512, seed=3)
+    x = torch.randn(rows, 512)
+    y = FewRowsLinear(weight, bias, int8=True)(x)
+    step = weight.abs().amax(dim=1) / 127
+    rounded = torch.round(weight / step[:, None]) * step[:, None]
+    expected = x.double() @ rounded.double().T + bias.double()
+    torch.testing.assert_close(y.double(), expected, rtol=0, atol=2e-5)
+    assert (y - FewRowsLinear(weight, bias)(x)).abs().max() > 1e-4  # rounded: not the fp32 product
+    alone = torch.cat([FewRowsLinear(weight, bias, int8=True)(x[i : i + 1]) for i in range(rows)])
+    assert torch.equal(y, alone)
