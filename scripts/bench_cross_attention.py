@@ -62,9 +62,11 @@ def every_layer(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Te
     return [cpu_attention.cross_attention(q, k, v) for k, v in zip(keys, values, strict=True)]
 
 
-def filters_at(engine: SpeculativeWhisper, generated: int, logits: torch.Tensor) -> torch.Tensor:
+def filters_at(
+    engine: SpeculativeWhisper, generated: int, logits: torch.Tensor, ids: torch.Tensor | None = None
+) -> torch.Tensor:
     batch, tokens = logits.shape[:2]
-    return apply_filters(engine.filters, logits, torch.full((batch, tokens), generated))
+    return apply_filters(engine.filters, logits, torch.full((batch, tokens), generated), ids)
 
 
 def operator_table(rounds: int) -> list[str]:

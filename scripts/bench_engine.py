@@ -85,7 +85,7 @@ def step_costs(engine: SpeculativeWhisper, pcm: np.ndarray, bandwidth: float) ->
 
     def step(runner, cache, n: int) -> Callable[[], torch.Tensor]:
         tokens = context[:, position : position + n]
-        return lambda: runner.greedy(tokens, start, cache, lambda logits: logits, n)
+        return lambda: runner.greedy(tokens, start, cache, lambda logits, ids=None: logits, n)
 
     runs = {f"main_{n}_tokens_ms": step(main, cache, n) for n in (1, 2, 4, 5, 8)}
     layer_bytes = sum(

@@ -216,7 +216,7 @@ class LiveCosts:
 PassCosts = DecoderCosts | LiveCosts
 
 
-def _no_mask(logits: Tensor) -> Tensor:
+def _no_mask(logits: Tensor, ids: Tensor | None = None) -> Tensor:
     return logits
 
 

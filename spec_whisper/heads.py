@@ -12,11 +12,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .linear import Int8Linear, decoder_linear, draft_linear, int8_available
+from .linear import FewRowsLinear, decoder_linear, draft_linear
 
 __all__ = ["FullHead", "Mask", "ScreenedHead", "ShortlistHead", "main_head"]
 
-Mask = Callable[[Tensor], Tensor]  # logits [B, T, vocab] -> the same with forbidden tokens at -inf
+# `mask(logits)` for logits [B, T, vocab], or `mask(scores, ids)` for scores over the vocabulary ids
+# `ids` only: the same tensor with the forbidden tokens at -inf.
+Mask = Callable[..., Tensor]
 
 
 class FullHead:
@@ -39,7 +41,8 @@ class FullHead:
 
 def _choice(logits: Tensor) -> tuple[Tensor, Tensor]:
     best, token = logits.max(dim=-1)
-    return token, torch.exp(best - logits.logsumexp(dim=-1))
+    # The softmax probability of the best: 1 / sum(exp(l - best)), without a second max.
+    return token, torch.exp(logits - best[..., None]).sum(dim=-1).reciprocal_()
 
 
 class ShortlistHead:
@@ -62,11 +65,8 @@ class ShortlistHead:
         return self.draft(states, mask)[0]
 
     def draft(self, states: Tensor, mask: Mask) -> tuple[Tensor, Tensor]:
-        """Greedy tokens and their probabilities over the shortlist. The filters act on the full
-        vocabulary, so they mark forbidden ids in a zero row that the shortlist then reads."""
-        scores = self.linear(states)
-        forbidden = mask(scores.new_zeros((*scores.shape[:-1], self.vocab_size)))
-        position, probability = _choice(scores + forbidden.index_select(-1, self.shortlist))
+        """Greedy tokens and their probabilities over the shortlist, filtered there directly."""
+        position, probability = _choice(mask(self.linear(states), self.shortlist))
         return self.shortlist[position], probability
 
 
@@ -76,46 +76,48 @@ class ScreenedHead(FullHead):
     At batch 1 the fp32 vocabulary projection of whisper-base (51,865 x 512, 106 MB) is about a
     third of a main decoder step. An int8 copy scores every token with a proven error bound; a token
     whose upper bound is below another token's lower bound cannot be the argmax, and the few that
-    remain (two per position on average on real speech, at most 56 in 600) are scored again in fp32.
-    The result is the fp32 argmax itself, not an approximation of it.
+    remain (two per position on average on real speech) are scored again in fp32. The result is the
+    fp32 argmax itself, not an approximation of it.
 
-    The bound: weights are rounded per row, `w = step * q + e` with `|e| <= step / 2`; activations are
-    written in two levels on a power-of-two grid per row, `x = s * (k1 + k2 / 64) + r` with
-    `|r| <= s / 128`, and both levels go through one int8 product whose arithmetic is exact
-    (integers, 7-bit activations: AVX2's 16-bit pair sums cannot saturate). Hence
-    `|w.x - score| <= step / 2 * ||x||_1 + s / 128 * ||step * q||_1`, plus fp32 rounding.
+    The bound: weights are rounded per row, `w = step * q + e` with `|e| <= step / 2`, and the few-row
+    kernel multiplies the fp32 activations by the integers `q` in fp32 (`FewRowsLinear(int8=True)`).
+    Hence `|w.x - score| <= step / 2 * ||x||_1` plus the fp32 rounding of a sum of at most `K` terms,
+    `gamma_K * sum |x_k q_k| <= gamma_K * 127 * ||x||_1` times `step`, with `gamma_K = K u / (1 - K u)`.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, max_rows: int = 16) -> None:
         super().__init__(weight, bias)
         self.weight = weight.detach()
         self.bias = None if bias is None else bias.detach()
-        self.int8 = Int8Linear(self.weight)
-        self.half_step = self.int8.step / 2
-        row_l1 = self.int8.q.abs().sum(dim=1) * self.int8.step
-        self.grid_error = row_l1 / 128  # per unit of the activations' grid scale
-        self.max_half_step, self.max_grid_error = float(self.half_step.max()), float(self.grid_error.max())
-        self.max_row_l1 = float(row_l1.max())
-        # Above this many positions per call the int8 pass (two rows per position) stops paying
-        # (measured here on whisper-base: 16 rows 7.7 ms against 9.0 ms in fp32, 24 rows even).
+        self.screen = FewRowsLinear(self.weight, self.bias, int8=True)
+        unit = torch.finfo(torch.float32).eps / 2
+        width = weight.shape[1] + 2  # the sum's terms, the scaling and the bias
+        gamma = width * unit / (1 - width * unit)
+        self.half_step = self.screen.step / 2 * (1 + 2 * 127 * gamma)
+        self.max_half_step = float(self.half_step.max())
+        self.max_row_l1 = float((self.weight.abs().sum(dim=1)).max())
+        # Above this many positions per call the fp32 product takes over.
         self.max_rows = max_rows
         # Past this many candidates, scoring them one by one is slower than the fp32 projection.
         self.max_candidates = 4096
+
+    @staticmethod
+    def available(weight: Tensor) -> bool:
+        return FewRowsLinear.available(weight)
 
     def greedy(self, states: Tensor, mask: Mask) -> Tensor:
         rows = states.reshape(-1, states.shape[-1])
         if len(rows) > self.max_rows:
             return super().greedy(states, mask)
-        scores, scale = self._screen(rows)
-        scores = mask(scores.view(*states.shape[:-1], -1)).view(len(rows), -1)
+        scores = mask(self.screen(states)).view(len(rows), -1)
         # Two stages, both sound: a bound shared by a row's tokens (one cheap pass over the vocabulary)
         # keeps tens of tokens; each token's own bound keeps a few of those.
-        bound = self._bound(rows, scale, self.max_half_step, self.max_grid_error)
+        bound = self._bound(rows, self.max_half_step)
         row, token = (scores >= scores.amax(dim=1, keepdim=True) - 2 * bound[:, None]).nonzero(as_tuple=True)
         if len(token) > self.max_candidates:
             return super().greedy(states, mask)
         score = scores[row, token]
-        bound = self._bound(rows[row], scale[row], self.half_step[token], self.grid_error[token])
+        bound = self._bound(rows[row], self.half_step[token])
         best_lower = torch.full((len(rows),), -torch.inf).scatter_reduce_(0, row, score - bound, "amax")
         keep = score + bound >= best_lower[row]
         chosen = self._exact_argmax(rows, row[keep], token[keep])
@@ -123,27 +125,11 @@ class ScreenedHead(FullHead):
             return super().greedy(states, mask)
         return chosen.view(states.shape[:-1])
 
-    def _screen(self, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Approximate logits `[R, vocab]` and each row's power-of-two activation grid `[R]`."""
-        largest = rows.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny)
-        scale = torch.exp2(torch.ceil(torch.log2(largest / 63)))
-        coarse = torch.round(rows / scale[:, None])
-        fine = torch.round((rows / scale[:, None] - coarse) * 64)
-        # Integers in [-63, 63] on the unit grid; each row's power of two is multiplied back exactly.
-        both = self.int8.on_grid(torch.cat([coarse, fine]), 1.0)
-        scores = torch.add(both[: len(rows)], both[len(rows) :], alpha=1 / 64).mul_(scale[:, None])
-        if self.bias is not None:
-            scores += self.bias
-        return scores, scale
-
-    def _bound(
-        self, rows: Tensor, scale: Tensor, half_step: Tensor | float, grid_error: Tensor | float
-    ) -> Tensor:
-        """Error bound of the scores of `rows` (on grids `scale`) for tokens with these weight steps
-        and grid errors."""
-        # fp32 rounding of the scaling and of the exact fp32 logits themselves, generously.
+    def _bound(self, rows: Tensor, half_step: Tensor | float) -> Tensor:
+        """Error bound of the screen's scores of `rows` for tokens with these (widened) half steps."""
+        # fp32 rounding of the exact fp32 logits themselves, generously.
         slack = 1e-5 * rows.abs().amax(dim=-1) * self.max_row_l1 + 1e-3
-        return rows.abs().sum(dim=-1) * half_step + scale * grid_error + slack
+        return rows.abs().sum(dim=-1) * half_step + slack
 
     def _exact_argmax(self, rows: Tensor, row: Tensor, token: Tensor) -> Tensor:
         """Per row, the candidate with the largest fp32 logit (the lowest token id among equals, as
@@ -157,5 +143,5 @@ class ScreenedHead(FullHead):
 
 
 def main_head(weight: Tensor, bias: Tensor | None = None) -> FullHead:
-    """The screened head where int8 products run (x86 CPUs), the plain fp32 head elsewhere."""
-    return ScreenedHead(weight, bias) if int8_available(weight) else FullHead(weight, bias)
+    """The screened head where the few-row kernel runs (x86 CPUs with AVX-512), fp32 elsewhere."""
+    return ScreenedHead(weight, bias) if ScreenedHead.available(weight) else FullHead(weight, bias)

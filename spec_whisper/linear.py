@@ -58,12 +58,15 @@ class FewRowsLinear:
     The weights are packed once in blocks of 64 outputs and read once per call, whatever the rows:
     a 4-row verify pass costs about what a 1-row greedy pass does, and each row's result has the
     same bits however many rows share the call (measured on whisper-base's six decoder layers:
-    docs/benchmarks.md). With `int8` the weights are rounded per output row as `Int8Linear`'s and
-    widened back to fp32 in the product, activations staying fp32: a quarter of the bytes, for an
-    assistant's drafts. Needs the CPU kernels built with AVX-512 (`available`).
+    docs/benchmarks.md). Weights that fp16 holds exactly, as Whisper's published checkpoints are,
+    are kept in fp16 and widened in the product: half the bytes for the same bits. With `int8` the
+    weights are rounded per output row as `Int8Linear`'s and widened the same way, activations
+    staying fp32: a quarter of the bytes, for an assistant's drafts. Needs the CPU kernels built
+    with AVX-512 (`available`).
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, int8: bool = False) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None, int8: bool = False, fp16: bool = True) -> None:
+        """`fp16=False` keeps fp32 weights even where fp16 holds them (benchmarks compare both)."""
         kernel = kernels()
         assert kernel is not None and self.available(weight), "FewRowsLinear.available() is false"
         self.kernel = kernel
@@ -74,6 +77,9 @@ class FewRowsLinear:
         if int8:
             step = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
             weight = torch.round(weight / step[:, None]).clamp(-127, 127).to(torch.int8)
+        elif fp16 and torch.equal(weight.half().float(), weight):
+            weight = weight.half()
+        self.step = step  # int8: each output row's rounding step
         self.packed, self.bias, self.scale = kernel.few_rows_linear_pack(weight, bias, step)
         if step is None:
             self.scale = None
@@ -120,9 +126,9 @@ class Int8Linear:
     """`x @ W.T` with W rounded per output row to int8 (`W ~ step[:, None] * q`, |error| <= step / 2).
 
     fbgemm reads a quarter of the fp32 bytes (measured here on the 51,865 x 512 projection: 1 row
-    0.38 ms against 3.7 ms in fp32, 10 rows 1.6 ms against 5 ms). `approximate` quantizes the
-    activations per call, as dynamic quantization does; `on_grid` takes activations that already lie
-    on a power-of-two grid, for which the product is exact in int32 and only the final scaling rounds.
+    0.38 ms against 3.7 ms in fp32, 10 rows 1.6 ms against 5 ms). The activations are quantized
+    per call, as dynamic quantization does. An assistant's products where the few-row kernel is not
+    built, and its once-per-request cross-attention keys and values.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
@@ -138,17 +144,10 @@ class Int8Linear:
             self.packed = torch.ops.quantized.linear_prepack(quantized, self.bias)
 
     def __call__(self, x: Tensor) -> Tensor:
-        return self.approximate(x)
-
-    def approximate(self, x: Tensor) -> Tensor:
         # reduce_range: 7-bit activations, so AVX2's 16-bit pair sums cannot saturate.
         rows = x.reshape(-1, self.in_features)
         y = torch.ops.quantized.linear_dynamic(rows, self.packed, True)
         return y.view(*x.shape[:-1], self.out_features)
-
-    def on_grid(self, x: Tensor, scale: float) -> Tensor:
-        """`x` (rows of integers in [-63, 63] times the power of two `scale`) times the int8 weights."""
-        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x, scale, 64, self.packed)
 
 
 Linear = FastLinear | FewRowsLinear | Int8Linear

@@ -35,8 +35,14 @@ class DecodeRequest:
     cached: int = 0  # prompt tokens already in the main cache (1 after language detection)
 
 
-def _filter_at(filters: list[LogitFilter], generated: Tensor, logits: Tensor, offset: int | Tensor) -> Tensor:
-    return apply_filters(filters, logits, generated[:, None] + offset)
+def _filter_at(
+    filters: list[LogitFilter],
+    generated: Tensor,
+    logits: Tensor,
+    ids: Tensor | None = None,
+    offset: int | Tensor = 0,
+) -> Tensor:
+    return apply_filters(filters, logits, generated[:, None] + offset, ids)
 
 
 def generate(

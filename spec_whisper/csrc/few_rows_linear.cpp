@@ -7,8 +7,10 @@
 // and read once per call in order; each k adds x[m, k] * w[n, k] into registers holding 64 outputs
 // of up to 4 rows (docs/benchmarks.md).
 //
-// Int8 weights (an assistant's, for drafts) are widened to fp32 as they are loaded, each output
-// scaled by its row's step at the end: a quarter of the bytes, and activations kept in fp32.
+// Weights that fp16 holds exactly (Whisper's checkpoints are published in fp16) are stored in fp16 and
+// widened as they are loaded: half the bytes, the same products to the bit. Int8 weights (an
+// assistant's, for drafts) are widened too, each output scaled by its row's step at the end: a
+// quarter of the bytes, and activations kept in fp32.
 //
 // Every output is summed the same way whatever the rows beside it: chunks of 64 terms in order, one
 // fused multiply-add each, chunk sums added in order, then the bias. A row gets the same bits in a
@@ -43,8 +45,11 @@ inline __m512 exact_mul(__m512 a, __m512 b) {
   return _mm512_mul_round_ps(a, b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
-// 16 weights of one packed row as fp32: loaded, or widened from int8 (exactly).
+// 16 weights of one packed row as fp32: loaded, or widened from fp16 or int8 (exactly).
 inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
+inline __m512 load16(const at::Half* w) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+}
 inline __m512 load16(const int8_t* w) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))));
 }
@@ -129,13 +134,14 @@ bool few_rows_linear_supported() {
 #endif
 }
 
-// [N, K] weights (fp32, or int8 with per-output `scale`) and [N] bias -> weights packed as
+// [N, K] weights (fp32, fp16, or int8 with per-output `scale`) and [N] bias -> weights packed as
 // [ceil(N / 64), K, 64], and bias and scale padded to ceil(N / 64) * 64 (padding outputs are zeros that
 // the product never writes out).
 std::vector<torch::Tensor> few_rows_linear_pack(const torch::Tensor& weight, const torch::Tensor& bias,
                                                 const c10::optional<torch::Tensor>& scale) {
   const bool int8 = weight.scalar_type() == torch::kInt8;
-  TORCH_CHECK(weight.dim() == 2 && (int8 || weight.scalar_type() == torch::kFloat32), "weight: [N, K] fp32 or int8");
+  const bool wide = weight.scalar_type() == torch::kFloat32 || weight.scalar_type() == torch::kHalf;
+  TORCH_CHECK(weight.dim() == 2 && (int8 || wide), "weight: [N, K] fp32, fp16 or int8");
   TORCH_CHECK(int8 == scale.has_value(), "int8 weights need their scale, fp32 weights none");
   const int64_t N = weight.size(0), K = weight.size(1), blocks = (N + kBlock - 1) / kBlock;
   auto pad = [&](const torch::Tensor& t) {
@@ -163,6 +169,8 @@ torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& packe
   const float* bp = bias.data_ptr<float>();
   if (int8)
     product<int8_t>(x, packed, scale->data_ptr<float>(), bp, y);
+  else if (packed.scalar_type() == torch::kHalf)
+    product<at::Half>(x, packed, nullptr, bp, y);
   else
     product<float>(x, packed, nullptr, bp, y);
 #endif

@@ -69,3 +69,17 @@ def test_int8_weights_give_the_rounded_weights_product(rows: int) -> None:
     assert (y - FewRowsLinear(weight, bias)(x)).abs().max() > 1e-4  # rounded: not the fp32 product
     alone = torch.cat([FewRowsLinear(weight, bias, int8=True)(x[i : i + 1]) for i in range(rows)])
     assert torch.equal(y, alone)
+
+
+def test_weights_that_fp16_holds_exactly_are_stored_in_fp16_with_the_same_bits() -> None:
+    weight, bias = _weights(300, 512, seed=4)
+    exact = weight.half().float()  # as Whisper's published fp16 checkpoints load
+    x = torch.randn(3, 512)
+    halved = FewRowsLinear(exact, bias)
+    assert halved.packed.dtype == torch.float16
+    assert FewRowsLinear(weight, bias).packed.dtype == torch.float32
+    # The fp32 kernel over the same values, packed in fp32 (an fp16-exact matrix plus one inexact row).
+    nudged = torch.cat([exact, weight[:1]])
+    wide = FewRowsLinear(nudged, torch.cat([bias, bias[:1]]))
+    assert wide.packed.dtype == torch.float32
+    assert torch.equal(halved(x), wide(x)[:, :300])

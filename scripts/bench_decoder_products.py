@@ -1,0 +1,153 @@
+"""The decoder's products: oneDNN against the few-row kernel (fp32 and fp16 weights), fbgemm's int8
+against the kernel's int8 weights for the assistant, in turns on real clips.
+
+    python scripts/bench_decoder_products.py --threads 2       # --batch 1 8 on --clips 8 from --skip 40
+
+A main pass of 1, 2, 4 and 6 tokens per row (the screened head and the logit filters included) with
+each way of computing the layers' products, and an assistant draft step right after a main pass (which
+has evicted the assistant's weights from the caches, as in decoding), best of the rounds. The ways take
+turns round by round so that a slow spell of this shared machine lands on all of them. Every way must
+choose the same greedy tokens; the few-row kernel's ways must agree to the bit.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+from transformers import WhisperForCausalLM, WhisperForConditionalGeneration
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_engine import engine_arguments, english_clips, record  # scripts/, beside this file
+
+from spec_whisper.decoder import WhisperDecoderRunner
+from spec_whisper.engine import SpeculativeWhisper
+from spec_whisper.linear import FastLinear, FewRowsLinear, Int8Linear, fuse_linears
+from spec_whisper.logit_filters import apply_filters
+from spec_whisper.types import DecodingOptions
+
+MAIN_WAYS = {
+    "oneDNN fp32": FastLinear,
+    "few-row fp32": partial(FewRowsLinear, fp16=False),
+    "few-row fp16": FewRowsLinear,
+}
+DRAFT_WAYS = {"fbgemm int8": Int8Linear, "few-row int8": partial(FewRowsLinear, int8=True)}
+
+
+def set_products(
+    runner: WhisperDecoderRunner, hf_layers, make: Callable, head_rows: torch.Tensor | None
+) -> None:
+    """Rebuild `runner`'s per-pass products (not the once-per-request cross-attention keys and values)
+    from the Hugging Face layers with `make(weight, bias)`, and its head's product over `head_rows`."""
+    for layer, hf in zip(runner.layers, hf_layers, strict=True):
+        attn, cross = hf.self_attn, hf.encoder_attn
+        layer.self_qkv = fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj, kind=make)
+        layer.self_out = make(attn.out_proj.weight, attn.out_proj.bias)
+        layer.cross_q = make(cross.q_proj.weight, cross.q_proj.bias)
+        layer.cross_out = make(cross.out_proj.weight, cross.out_proj.bias)
+        layer.fc1, layer.fc2 = make(hf.fc1.weight, hf.fc1.bias), make(hf.fc2.weight, hf.fc2.bias)
+    if head_rows is not None:
+        runner.head.linear = make(head_rows, None)
+
+
+def best_ms(run: Callable[[], object], repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - began)
+    return best * 1e3
+
+
+def filters_at(
+    engine: SpeculativeWhisper, generated: int, logits: torch.Tensor, ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    counts = torch.full(logits.shape[:2], generated) + torch.arange(logits.shape[1])
+    return apply_filters(engine.filters, logits, counts, ids)
+
+
+@torch.inference_mode()
+def main_table(engine, hf_main, pcm, batches: list[int], rounds: int) -> list[str]:
+    main, assistant = engine.main, engine.assistant
+    hf_assistant = engine.models.assistant.model.decoder.layers
+    shortlist_rows = engine.models.assistant.proj_out.weight[assistant.head.shortlist]
+    ways = list(MAIN_WAYS)
+    out = [
+        "| batch | pass | " + " | ".join(f"{w} ms" for w in ways) + " | fp16 kernel over oneDNN |",
+        "|---|---|" + "---|" * (len(ways) + 1),
+    ]
+    for batch in batches:
+        states = engine.encode(engine.log_mel(pcm[:batch]))
+        options = [DecodingOptions(language="en", speculative=False)] * batch
+        texts = [t.tokens for t in engine.decode(states, options)]
+        prompt = engine.tokens.prompt("en", "transcribe")
+        context = min(10, *(len(t) - 7 for t in texts))
+        tokens = torch.tensor([prompt + t[: context + 7] for t in texts])
+        cache = main.new_cache(states.main)
+        main.states(tokens[:, : len(prompt) + context], torch.zeros(batch, dtype=torch.long), cache)
+        own = assistant.new_cache(states.main, cache)
+        assistant.states(tokens[:, : len(prompt) + context], torch.zeros(batch, dtype=torch.long), own)
+        start = torch.full((batch,), len(prompt) + context)
+        mask = partial(filters_at, engine, context)
+        passes = {n: tokens[:, len(prompt) + context : len(prompt) + context + n] for n in (1, 2, 4, 6)}
+        times = {(w, n): float("inf") for w in [*ways, *DRAFT_WAYS] for n in [*passes, 0]}
+        chosen: dict[tuple[str, int], torch.Tensor] = {}
+        step = passes[1]
+        for _ in range(rounds):
+            for way in ways:
+                set_products(main, hf_main.layers, MAIN_WAYS[way], None)
+                for n, new in passes.items():
+                    run = partial(main.greedy, new, start, cache, mask, n)
+                    times[way, n] = min(times[way, n], best_ms(run))
+                    chosen[way, n] = run()
+            for way, make in DRAFT_WAYS.items():
+                set_products(assistant, hf_assistant, make, shortlist_rows)
+                draft = partial(assistant.draft, step, start, own, mask)
+                spent = float("inf")
+                for _ in range(3):
+                    main.greedy(passes[4], start, cache, mask, 4)  # evicts the assistant, as decoding does
+                    spent = min(spent, best_ms(draft, 1))
+                times[way, 0] = min(times[way, 0], spent)
+        set_products(main, hf_main.layers, MAIN_WAYS["few-row fp16"], None)
+        set_products(assistant, hf_assistant, DRAFT_WAYS["few-row int8"], shortlist_rows)
+        for n in passes:
+            assert all(torch.equal(chosen[w, n], chosen[ways[0], n]) for w in ways), (
+                "the ways chose differently"
+            )
+            row = " | ".join(f"{times[w, n]:.2f}" for w in ways)
+            gain = times["oneDNN fp32", n] / times["few-row fp16", n]
+            out.append(f"| {batch} | main, {n} token{'s' if n > 1 else ''} | {row} | {gain:.2f}x |")
+        old, new = times["fbgemm int8", 0], times["few-row int8", 0]
+        out.append(
+            f"| {batch} | assistant step after a main pass: fbgemm int8 {old:.2f} ms, few-row int8 "
+            f"{new:.2f} ms | | | | {old / new:.2f}x |"
+        )
+    return out
+
+
+def main() -> None:
+    parser = engine_arguments(__doc__, clips=8)
+    parser.set_defaults(skip=40)  # the clips the distillation held out
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if max(args.batch) > args.clips:
+        parser.error("--clips must fill the largest --batch")
+    torch.set_num_threads(args.threads)
+    engine = SpeculativeWhisper.load(args.main, args.assistant)
+    if not isinstance(engine.main.layers[0].fc1, FewRowsLinear):
+        sys.exit("the few-row kernel did not build here: nothing to compare")
+    hf_main = WhisperForConditionalGeneration.from_pretrained(args.main).model.decoder
+    engine.models.assistant = WhisperForCausalLM.from_pretrained(args.assistant)  # its layers again
+    pcm = english_clips(args.speech_dir, args.skip, args.clips)
+    report = "\n".join(main_table(engine, hf_main, pcm, args.batch, args.rounds))
+    print(report)
+    record(args.record, "Decoder products", report)
+
+
+if __name__ == "__main__":
+    main()
