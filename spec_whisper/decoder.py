@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -167,7 +168,8 @@ class WhisperDecoderRunner:
             lang: ShortlistHead(output_weight, ids, int8) for lang, ids in (language_shortlists or {}).items()
         }
         int8 = int8 and int8_available(output_weight)
-        linear = draft_linear if int8 else decoder_linear
+        # A main model's weights are read once per pass: streamed past the caches the assistant uses.
+        linear = draft_linear if int8 else partial(decoder_linear, stream=shortlist is None)
         self.int8 = int8
         self.cross_from = cross_from or [None] * len(hf_decoder.layers)
         self.encoder_dim = hf_decoder.layers[0].encoder_attn.k_proj.in_features

@@ -89,7 +89,7 @@ class ScreenedHead(FullHead):
         super().__init__(weight, bias)
         self.weight = weight.detach()
         self.bias = None if bias is None else bias.detach()
-        self.screen = FewRowsLinear(self.weight, self.bias, int8=True)
+        self.screen = FewRowsLinear(self.weight, self.bias, int8=True, stream=True)
         unit = torch.finfo(torch.float32).eps / 2
         width = weight.shape[1] + 2  # the sum's terms, the scaling and the bias
         gamma = width * unit / (1 - width * unit)

@@ -65,8 +65,11 @@ class FewRowsLinear:
     with AVX-512 (`available`).
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, int8: bool = False, fp16: bool = True) -> None:
-        """`fp16=False` keeps fp32 weights even where fp16 holds them (benchmarks compare both)."""
+    def __init__(
+        self, weight: Tensor, bias: Tensor | None, int8: bool = False, fp16: bool = True, stream: bool = False
+    ) -> None:
+        """`stream`: prefetch the weights as non-temporal data (a main model's, read once per pass).
+        `fp16=False` keeps fp32 weights even where fp16 holds them (benchmarks compare both)."""
         kernel = kernels()
         assert kernel is not None and self.available(weight), "FewRowsLinear.available() is false"
         self.kernel = kernel
@@ -79,6 +82,7 @@ class FewRowsLinear:
             weight = torch.round(weight / step[:, None]).clamp(-127, 127).to(torch.int8)
         elif fp16 and torch.equal(weight.half().float(), weight):
             weight = weight.half()
+        self.stream = stream
         self.step = step  # int8: each output row's rounding step
         self.packed, self.bias, self.scale = kernel.few_rows_linear_pack(weight, bias, step)
         if step is None:
@@ -91,13 +95,17 @@ class FewRowsLinear:
 
     def __call__(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features).contiguous()
-        y = self.kernel.few_rows_linear(rows, self.packed, self.bias, self.scale, self.out_features)
+        y = self.kernel.few_rows_linear(
+            rows, self.packed, self.bias, self.scale, self.out_features, self.stream
+        )
         return y.view(*x.shape[:-1], self.out_features)
 
 
-def decoder_linear(weight: Tensor, bias: Tensor | None) -> FewRowsLinear | FastLinear:
+def decoder_linear(weight: Tensor, bias: Tensor | None, stream: bool = False) -> FewRowsLinear | FastLinear:
     """The fp32 product for decoder passes: the few-row kernel where it is built, else oneDNN's."""
-    return FewRowsLinear(weight, bias) if FewRowsLinear.available(weight) else FastLinear(weight, bias)
+    if FewRowsLinear.available(weight):
+        return FewRowsLinear(weight, bias, stream=stream)
+    return FastLinear(weight, bias)
 
 
 def draft_linear(weight: Tensor, bias: Tensor | None) -> FewRowsLinear | Int8Linear | FastLinear:

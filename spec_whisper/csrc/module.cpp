@@ -10,7 +10,7 @@ bool few_rows_linear_supported();
 std::vector<torch::Tensor> few_rows_linear_pack(const torch::Tensor& weight, const torch::Tensor& bias,
                                                 const c10::optional<torch::Tensor>& scale);
 torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& bias,
-                              const c10::optional<torch::Tensor>& scale, int64_t out_features);
+                              const c10::optional<torch::Tensor>& scale, int64_t out_features, bool stream);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decoder_self_attention", &decoder_self_attention,

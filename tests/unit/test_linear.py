@@ -83,3 +83,11 @@ def test_weights_that_fp16_holds_exactly_are_stored_in_fp16_with_the_same_bits()
     wide = FewRowsLinear(nudged, torch.cat([bias, bias[:1]]))
     assert wide.packed.dtype == torch.float32
     assert torch.equal(halved(x), wide(x)[:, :300])
+
+
+def test_streaming_the_weights_changes_no_bits() -> None:
+    weight, bias = _weights(700, 512, seed=5)
+    x = torch.randn(6, 512)
+    for rows in range(1, 7):
+        streamed = FewRowsLinear(weight.half().float(), bias, stream=True)(x[:rows])
+        assert torch.equal(streamed, FewRowsLinear(weight.half().float(), bias)(x[:rows]))
