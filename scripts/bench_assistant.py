@@ -195,7 +195,8 @@ def cost_model(engine: SpeculativeWhisper, timing: dict[str, float], draft_ms: f
     # pass evicts the assistant from the caches, and each step carries its filters and policy.
     live = engine.costs()
     step = live.verify_s(1, 1)
-    in_place = (live.draft_s(1) / step, live.verify_s(1, width) / step)
+    drafts = max(1, round(drafts_per_pass))
+    in_place = (live.drafting_s(1, drafts) / drafts / step, live.verify_s(1, width) / step)
     return {
         "main_step_ms": main_ms,
         "draft_step_ms": draft_ms,

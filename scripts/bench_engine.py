@@ -240,6 +240,8 @@ def cost_table(costs: PassCosts, digits: int = 1) -> str:
         + "; ".join(" ".join(f"{1000 * v:.{digits}f}" for v in row) for row in costs.verify)
         + "; draft step (ms) "
         + " ".join(f"{1000 * v:.{digits}f}" for v in costs.draft)
+        + "; a pass's first draft step, extra (ms) "
+        + " ".join(f"{1000 * costs.drafting_s(b, 1) - 1000 * costs.draft_s(b):.{digits}f}" for b in BATCHES)
         + "."
     )
 

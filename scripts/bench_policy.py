@@ -103,15 +103,20 @@ class CountingRunner:
     def __init__(self, engine: SpeculativeWhisper, costs: DecoderCosts) -> None:
         self.seconds = 0.0
         self._greedy, self._draft = WhisperDecoderRunner.greedy, WhisperDecoderRunner.draft
+        self.first = True  # the next draft step is a pass's first, priced with the table's extra
         counter = self
 
         def greedy(runner, tokens, start, cache, mask, last):
             if runner is engine.main:
                 counter.seconds += costs.verify_s(tokens.shape[0], last)
+                counter.first = True
             return counter._greedy(runner, tokens, start, cache, mask, last)
 
         def draft(runner, tokens, start, cache, mask, head=None):
-            counter.seconds += costs.draft_s(tokens.shape[0])
+            counter.seconds += (
+                costs.drafting_s(tokens.shape[0], 1) if counter.first else costs.draft_s(tokens.shape[0])
+            )
+            counter.first = False
             return counter._draft(runner, tokens, start, cache, mask, head)
 
         WhisperDecoderRunner.greedy, WhisperDecoderRunner.draft = greedy, draft
@@ -153,7 +158,7 @@ def main() -> None:
             for name, (speculative, draft_length, *_) in POLICIES.items()
         }
         for round_ in range(args.repeats):
-            prices = DecoderCosts(costs.verify.copy(), costs.draft.copy())
+            prices = DecoderCosts(costs.verify.copy(), costs.draft.copy(), costs.table.first_extra.copy())
             results: dict[str, list] = {name: [] for name in POLICIES}
             modelled = dict.fromkeys(POLICIES, 0.0)
             for c, (s, chunk) in enumerate(zip(states, chunks, strict=True)):

@@ -9,10 +9,11 @@ the `k` that maximises expected tokens per second for the rows it holds (`best_d
 down to `k = 0`, which is plain greedy decoding. Once drafting, the choice is made again after
 every draft (`best_extension`), now knowing how sure the assistant was of the tokens so far.
 
-The start-up timing runs each pass shape alone, on random encoder states, once. In place the passes
-cost more (the main pass evicts the assistant's weights and cross-attention from the CPU's caches, a
-draft step carries the logit filters and the policy; whisper-base at batch 1: both about a third
-more), and a shared machine's speed drifts after the timing (a table timed on another day put the
+The start-up timing runs each pass shape alone, on random encoder states, once; an assistant step
+both right after the main passes and right after another step, since the main pass evicts the
+assistant's weights and keys from the CPU's caches and only the first draft of a pass pays for that.
+In place the passes cost more (a draft step carries the logit filters and the policy), and a shared
+machine's speed drifts after the timing (a table timed on another day put the
 assistant's step at 0.158 of a main step instead of 0.23). So `LiveCosts` keeps the table's shape
 and rescales it, per batch size, by the verify passes and draft steps decoding runs (`PassTime`).
 """
@@ -63,10 +64,14 @@ class PassTime:
 @dataclass(frozen=True)
 class DecoderCosts:
     """Seconds per pass: `verify[i, j]` for BATCHES[i] rows x TOKENS[j] tokens through the main decoder
-    (states and greedy head), `draft[i]` for one assistant step of BATCHES[i] rows."""
+    (states and greedy head), `draft[i]` for one assistant step of BATCHES[i] rows right after another,
+    and `first_extra[i]` what the first step of a pass costs on top: the main pass before it has
+    evicted the assistant's weights and keys from the CPU's caches (whisper-base at batch 1: about as
+    much again as a step). Drafting `k` tokens costs `first_extra + k * draft`."""
 
     verify: np.ndarray
     draft: np.ndarray
+    first_extra: np.ndarray = field(default_factory=lambda: np.zeros(len(BATCHES)))
     # pass_parts results by (batch, maximum), stacked: the draft-length choice runs every verify pass.
     _pass_parts: dict[tuple[int, int], np.ndarray] = field(
         default_factory=dict, init=False, compare=False, repr=False
@@ -82,6 +87,13 @@ class DecoderCosts:
     def draft_s(self, batch: int) -> float:
         return float(np.interp(batch, BATCHES, self.draft / BATCHES) * batch)
 
+    def drafting_s(self, batch: int, drafts: int) -> float:
+        """Seconds of `drafts` assistant steps of one pass, its first included."""
+        if drafts == 0:
+            return 0.0
+        first = float(np.interp(batch, BATCHES, self.first_extra / BATCHES) * batch)
+        return first + drafts * self.draft_s(batch)
+
     def pass_s(self, batch: int, maximum: int) -> np.ndarray:
         """Seconds of one verify pass of `batch` rows with k = 0..maximum drafts, drafting included."""
         verify, drafting = self.pass_parts(batch, maximum)
@@ -92,7 +104,7 @@ class DecoderCosts:
         key = (batch, maximum)
         if key not in self._pass_parts:
             verify = [self.verify_s(batch, k + 1) for k in range(maximum + 1)]
-            drafting = [k * self.draft_s(batch) for k in range(maximum + 1)]
+            drafting = [self.drafting_s(batch, k) for k in range(maximum + 1)]
             self._pass_parts[key] = np.array([verify, drafting])
         verify, drafting = self._pass_parts[key]
         return verify, drafting
@@ -128,6 +140,7 @@ class DecoderCosts:
             )
 
         verify, draft = np.zeros((len(BATCHES), len(TOKENS))), np.full(len(BATCHES), np.inf)
+        first_extra = np.zeros(len(BATCHES))
         for i, batch in enumerate(BATCHES):
             states = torch.randn(batch, frames, main.encoder_dim, dtype=main.dtype, device=main.device)
             cache = main.new_cache(states)
@@ -137,14 +150,16 @@ class DecoderCosts:
                     batch, frames, assistant.encoder_dim, dtype=assistant.dtype, device=assistant.device
                 )
                 # An assistant may read the main decoder's cross-attention cache (`cross_from`).
-                passes.append(timed(assistant, assistant.new_cache(own, cache), 1))
+                step = timed(assistant, assistant.new_cache(own, cache), 1)
+                passes += [step, step]  # right after the main passes, then right after itself
             times = np.array([[run() for run in passes] for _ in range(repeats + 1)])[1:]  # round 0 warms up
             medians = np.median(times, axis=0)
             # A pass over more tokens never costs less: a median above a later one is noise.
             verify[i] = np.minimum.accumulate(medians[: len(TOKENS)][::-1])[::-1]
             if assistant is not None:
                 draft[i] = medians[-1]
-        return cls(verify, draft)
+                first_extra[i] = max(0.0, medians[-2] - medians[-1])
+        return cls(verify, draft, first_extra)
 
 
 class LiveCosts:
@@ -183,6 +198,9 @@ class LiveCosts:
     def draft_s(self, batch: int) -> float:
         return self.table.draft_s(batch) * self.draft_scale[self._size(batch)]
 
+    def drafting_s(self, batch: int, drafts: int) -> float:
+        return self.table.drafting_s(batch, drafts) * self.draft_scale[self._size(batch)]
+
     def pass_s(self, batch: int, maximum: int) -> np.ndarray:
         verify, drafting = self.table.pass_parts(batch, maximum)
         size = self._size(batch)
@@ -201,9 +219,8 @@ class LiveCosts:
             self.verify_scale[size], timed.verify_s / self.table.verify_s(timed.rows, timed.tokens)
         )
         if timed.drafts:
-            per_step = timed.draft_s / timed.drafts
             self.draft_scale[size] = self._updated(
-                self.draft_scale[size], per_step / self.table.draft_s(timed.rows)
+                self.draft_scale[size], timed.draft_s / self.table.drafting_s(timed.rows, timed.drafts)
             )
 
     def _updated(self, scale: float, ratio: float) -> float:

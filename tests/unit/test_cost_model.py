@@ -55,6 +55,18 @@ def test_interpolation_between_measured_shapes() -> None:
     assert costs.draft_s(3) == pytest.approx(0.15)
 
 
+def test_the_first_draft_of_a_pass_may_cost_more_than_the_next() -> None:
+    # Drafting k tokens costs first_extra + k * draft: an extra price on the first draft of a pass
+    # (the assistant's weights evicted by the main pass) makes longer drafts pay once drafting.
+    flat = _costs(0.05, 0.2)
+    first = DecoderCosts(flat.verify, flat.draft / 2, np.array([0.1 * b for b in BATCHES]))
+    assert first.drafting_s(1, 0) == 0.0 and first.drafting_s(1, 1) == pytest.approx(flat.draft_s(1))
+    assert first.drafting_s(2, 3) == pytest.approx(0.2 + 3 * 0.2)
+    np.testing.assert_allclose(first.pass_parts(1, 4)[1], [0.0, 0.2, 0.3, 0.4, 0.5])
+    acceptance = torch.tensor([0.8])
+    assert best_draft_length(first, acceptance, 16) > best_draft_length(flat, acceptance, 16)
+
+
 def test_free_verification_and_good_drafts_mean_long_drafts() -> None:
     assert best_draft_length(_costs(0.0, 0.01), torch.full((1,), 0.9), 16) >= 8
 
@@ -92,6 +104,7 @@ def test_engine_measures_costs_and_stays_exact(tiny) -> None:
     costs = engine.costs()
     assert costs.verify.shape == (len(BATCHES), len(TOKENS)) and np.all(costs.verify > 0)
     assert np.all(np.isfinite(costs.draft)) and costs is engine.costs()  # measured once
+    assert np.all(costs.table.first_extra >= 0) and np.all(np.isfinite(costs.table.first_extra))
     rng = np.random.default_rng(1)
     pcm = [(0.1 * rng.standard_normal(16000 * s)).astype(np.float32) for s in (3, 7, 11)]
     states = engine.encode(engine.log_mel(pcm))
@@ -131,7 +144,7 @@ def _pass(
 ) -> PassTime:
     """A pass that cost `verify_x` and `draft_x` times what the table says."""
     verify = costs.verify_s(rows, tokens) * verify_x
-    return PassTime(rows, tokens, drafts, drafts * costs.draft_s(rows) * draft_x, verify)
+    return PassTime(rows, tokens, drafts, costs.drafting_s(rows, drafts) * draft_x, verify)
 
 
 def test_live_costs_follow_the_passes_run_in_place() -> None:
