@@ -198,7 +198,9 @@ def main() -> None:
         + ", ".join(str(b) for b in BATCHES)
         + ": verify "
         + " ".join(f"{x:.2f}" for x in costs.verify_scale)
-        + "; draft step "
+        + "; a pass's first draft step "
+        + " ".join(f"{x:.2f}" for x in costs.first_scale)
+        + "; later draft steps "
         + " ".join(f"{x:.2f}" for x in costs.draft_scale)
         + "."
     )

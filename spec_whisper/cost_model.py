@@ -52,13 +52,16 @@ _POSITION = 40
 @dataclass(frozen=True)
 class PassTime:
     """Wall time of one speculative pass as decoding ran it: `drafts` assistant steps for `rows` rows,
-    then one main pass over `tokens` tokens per row."""
+    then one main pass over `tokens` tokens per row, which committed `committed` tokens in all.
+    `first_draft_s`: the part of `draft_s` up to the end of the first step, where the drafter timed it."""
 
     rows: int
     tokens: int
     drafts: int
     draft_s: float
     verify_s: float
+    first_draft_s: float | None = None
+    committed: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class DecoderCosts:
     verify: np.ndarray
     draft: np.ndarray
     first_extra: np.ndarray = field(default_factory=lambda: np.zeros(len(BATCHES)))
-    # pass_parts results by (batch, maximum), stacked: the draft-length choice runs every verify pass.
+    # pass_parts results by (batch, maximum): the draft-length choice runs every verify pass.
     _pass_parts: dict[tuple[int, int], np.ndarray] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
@@ -96,18 +99,21 @@ class DecoderCosts:
 
     def pass_s(self, batch: int, maximum: int) -> np.ndarray:
         """Seconds of one verify pass of `batch` rows with k = 0..maximum drafts, drafting included."""
-        verify, drafting = self.pass_parts(batch, maximum)
-        return verify + drafting
+        return self.pass_parts(batch, maximum).sum(axis=0)
 
-    def pass_parts(self, batch: int, maximum: int) -> tuple[np.ndarray, np.ndarray]:
-        """`pass_s` as its verify and its drafting seconds, each `[maximum + 1]`."""
+    def pass_parts(self, batch: int, maximum: int) -> np.ndarray:
+        """`pass_s` as its verify, first-step and later-steps seconds, `[3, maximum + 1]`."""
         key = (batch, maximum)
         if key not in self._pass_parts:
-            verify = [self.verify_s(batch, k + 1) for k in range(maximum + 1)]
-            drafting = [self.drafting_s(batch, k) for k in range(maximum + 1)]
-            self._pass_parts[key] = np.array([verify, drafting])
-        verify, drafting = self._pass_parts[key]
-        return verify, drafting
+            first = self.drafting_s(batch, 1)
+            self._pass_parts[key] = np.array(
+                [
+                    [self.verify_s(batch, k + 1) for k in range(maximum + 1)],
+                    [first if k else 0.0 for k in range(maximum + 1)],
+                    [max(k - 1, 0) * self.draft_s(batch) for k in range(maximum + 1)],
+                ]
+            )
+        return self._pass_parts[key]
 
     def pass_prices(self, batch: int, maximum: int) -> list[float]:
         """`pass_s` as Python floats, for the policy (`expected_tokens`)."""
@@ -118,6 +124,10 @@ class DecoderCosts:
 
     def observe(self, timed: PassTime) -> None:
         """A fixed table learns nothing from the passes decoding runs (`LiveCosts` does)."""
+
+    def drafting_pays(self, batch: int) -> bool | None:
+        """A fixed table has measured nothing in place (`LiveCosts.drafting_pays`)."""
+        return None
 
     @classmethod
     @torch.inference_mode()
@@ -166,17 +176,23 @@ class LiveCosts:
     """A `DecoderCosts` table rescaled by what passes cost in place.
 
     For each of the table's batch sizes, an exponential average (in log space, each reading's ratio
-    clamped to [1/4, 4] so that one stall cannot swing it) of measured over tabled seconds, one for
-    verify passes and one for draft steps; a batch between two table sizes takes the nearer's scales.
-    The draft length depends on the ratio of the two prices, which can drift from the table's.
+    clamped to [1/4, 4] so that one stall cannot swing it) of measured over tabled seconds: one for
+    verify passes, one for a pass's first draft step (with the drafter's per-pass work, and the
+    caches the main pass emptied) and one for the steps after it; a batch between two table sizes
+    takes the nearer's scales. The draft length depends on the ratios of these prices, which can drift
+    from the table's.
     """
 
     def __init__(self, table: DecoderCosts, weight: float = 0.1) -> None:
         self.table = table
         self.weight = weight
         self.verify_scale = np.ones(len(BATCHES))
+        self.first_scale = np.ones(len(BATCHES))
         self.draft_scale = np.ones(len(BATCHES))
         self._prices: dict[tuple[int, int], list[float]] = {}  # pass_prices until the next observe
+        # Exponential averages of seconds and committed tokens per pass, [batch size, plain / drafting].
+        self._spent = np.zeros((len(BATCHES), 2))
+        self._committed = np.zeros((len(BATCHES), 2))
 
     @property
     def verify(self) -> np.ndarray:
@@ -199,12 +215,16 @@ class LiveCosts:
         return self.table.draft_s(batch) * self.draft_scale[self._size(batch)]
 
     def drafting_s(self, batch: int, drafts: int) -> float:
-        return self.table.drafting_s(batch, drafts) * self.draft_scale[self._size(batch)]
+        if drafts == 0:
+            return 0.0
+        size = self._size(batch)
+        first = self.table.drafting_s(batch, 1) * self.first_scale[size]
+        return first + (drafts - 1) * self.table.draft_s(batch) * self.draft_scale[size]
 
     def pass_s(self, batch: int, maximum: int) -> np.ndarray:
-        verify, drafting = self.table.pass_parts(batch, maximum)
         size = self._size(batch)
-        return verify * self.verify_scale[size] + drafting * self.draft_scale[size]
+        scales = [self.verify_scale[size], self.first_scale[size], self.draft_scale[size]]
+        return np.asarray(scales) @ self.table.pass_parts(batch, maximum)
 
     def pass_prices(self, batch: int, maximum: int) -> list[float]:
         key = (batch, maximum)
@@ -212,15 +232,43 @@ class LiveCosts:
             self._prices[key] = self.pass_s(batch, maximum).tolist()
         return self._prices[key]
 
+    def drafting_pays(self, batch: int) -> bool | None:
+        """Whether passes that drafted committed tokens at a lower price per token than plain 1-token
+        passes, as measured in place at this batch size; None until both kinds have run. The
+        table's prices decide the draft length; this says when they are wrong about drafting at all
+        (at batch 8 here the start-up table put a 2-token pass at 1.2 plain passes, in place 1.5)."""
+        size = self._size(batch)
+        if not self._committed[size].all():
+            return None
+        plain, drafting = self._spent[size] / self._committed[size]
+        return bool(drafting < plain)
+
     def observe(self, timed: PassTime) -> None:
         self._prices.clear()
         size = self._size(timed.rows)
         self.verify_scale[size] = self._updated(
             self.verify_scale[size], timed.verify_s / self.table.verify_s(timed.rows, timed.tokens)
         )
-        if timed.drafts:
+        kind = int(timed.drafts > 0)
+        if timed.committed and (kind or timed.tokens == 1):  # not a request's first pass (its prompt)
+            seen = self._committed[size, kind] > 0
+            weight = self.weight if seen else 1.0
+            spent = timed.draft_s + timed.verify_s
+            self._spent[size, kind] += weight * (spent - self._spent[size, kind])
+            self._committed[size, kind] += weight * (timed.committed - self._committed[size, kind])
+        if not timed.drafts:
+            return
+        if timed.first_draft_s is None:  # one reading for the whole drafting, shared out as tabled
+            ratio = timed.draft_s / self.table.drafting_s(timed.rows, timed.drafts)
+            self.first_scale[size] = self._updated(self.first_scale[size], ratio)
+            self.draft_scale[size] = self._updated(self.draft_scale[size], ratio)
+            return
+        first = timed.first_draft_s / self.table.drafting_s(timed.rows, 1)
+        self.first_scale[size] = self._updated(self.first_scale[size], first)
+        if timed.drafts > 1:
+            later = (timed.draft_s - timed.first_draft_s) / (timed.drafts - 1)
             self.draft_scale[size] = self._updated(
-                self.draft_scale[size], timed.draft_s / self.table.drafting_s(timed.rows, timed.drafts)
+                self.draft_scale[size], later / self.table.draft_s(timed.rows)
             )
 
     def _updated(self, scale: float, ratio: float) -> float:

@@ -92,11 +92,13 @@ def generate(
         counts[rows] += torch.stack(
             [torch.full_like(n_accepted, k), n_accepted, torch.ones_like(n_accepted)], 1
         )
-        timed = None  # prices are learnt from passes that draft
         if k:
             histogram[rows, n_accepted] += 1
-            timed = PassTime(len(rows), tokens.shape[1], k, drafted - began, verified - drafted)
-        if drafter is not None:  # plain passes too: a policy that drafts none still counts them
+        if drafter is not None:  # plain passes too: they price what drafting saves
+            committed = int(n_accepted.sum()) + len(rows)
+            timed = PassTime(
+                len(rows), tokens.shape[1], k, drafted - began, verified - drafted, None, committed
+            )
             drafter.observe(n_accepted, k, timed)
         # 4. Retire finished rows from every cache.
         finished = ended | (length >= limit)

@@ -62,7 +62,7 @@ def test_the_first_draft_of_a_pass_may_cost_more_than_the_next() -> None:
     first = DecoderCosts(flat.verify, flat.draft / 2, np.array([0.1 * b for b in BATCHES]))
     assert first.drafting_s(1, 0) == 0.0 and first.drafting_s(1, 1) == pytest.approx(flat.draft_s(1))
     assert first.drafting_s(2, 3) == pytest.approx(0.2 + 3 * 0.2)
-    np.testing.assert_allclose(first.pass_parts(1, 4)[1], [0.0, 0.2, 0.3, 0.4, 0.5])
+    np.testing.assert_allclose(first.pass_parts(1, 4)[1:].sum(axis=0), [0.0, 0.2, 0.3, 0.4, 0.5])
     acceptance = torch.tensor([0.8])
     assert best_draft_length(first, acceptance, 16) > best_draft_length(flat, acceptance, 16)
 
@@ -156,12 +156,28 @@ def test_live_costs_follow_the_passes_run_in_place() -> None:
     assert live.draft_s(1) == pytest.approx(3 * table.draft_s(1), rel=1e-3)
     assert live.verify_s(1, 4) == pytest.approx(table.verify_s(1, 4))
     assert live.draft_s(16) == table.draft_s(16)  # other batch sizes keep their own prices
-    expected = table.pass_parts(1, 16)[0] + 3 * table.pass_parts(1, 16)[1]
+    expected = table.pass_parts(1, 16)[0] + 3 * table.pass_parts(1, 16)[1:].sum(axis=0)
     np.testing.assert_allclose(live.pass_s(1, 16), expected, rtol=1e-3)
     assert live.draft[0] == pytest.approx(3 * table.draft[0], rel=1e-3) and live.draft[-1] == table.draft[-1]
     # Dearer drafts, shorter drafts: the length the table alone would pick is now too long.
     acceptance = torch.tensor([0.8])
     assert best_draft_length(live, acceptance, 16) < best_draft_length(table, acceptance, 16)
+
+
+def test_a_pass_first_draft_step_and_the_later_ones_are_learnt_apart() -> None:
+    table = _costs(0.02, 0.05)
+    live = LiveCosts(table, weight=0.5)
+    for _ in range(40):  # the first step at 4x the table's price, the later ones as tabled
+        first = 4 * table.drafting_s(1, 1)
+        live.observe(PassTime(1, 4, 3, first + 2 * table.draft_s(1), table.verify_s(1, 4), first))
+    assert live.first_scale[0] == pytest.approx(4.0) and live.draft_scale[0] == pytest.approx(1.0)
+    assert live.drafting_s(1, 3) == pytest.approx(4 * table.drafting_s(1, 1) + 2 * table.draft_s(1))
+    assert live.pass_s(1, 16)[3] == pytest.approx(table.verify_s(1, 4) + live.drafting_s(1, 3))
+    # A dear first step and cheap later ones: once it drafts, the policy drafts long.
+    acceptance = torch.tensor([0.9])
+    assert best_draft_length(live, acceptance, 16) >= best_draft_length(table, acceptance, 16)
+    live.observe(PassTime(1, 2, 1, 9.0, table.verify_s(1, 2), 9.0))  # one draft: no later steps seen
+    assert live.draft_scale[0] == pytest.approx(1.0)
 
 
 def test_one_stalled_pass_moves_the_prices_a_bounded_step() -> None:
@@ -211,3 +227,35 @@ def test_a_fixed_table_and_the_policy_learn_from_passes() -> None:
             policy.observe(torch.tensor([2]), 3, _pass(1, 4, 3, table, verify_x=1.0, draft_x=4.0))
     assert np.array_equal(table.pass_s(1, 16), before)
     assert live.current() < fixed.current()
+
+
+def _run_policy(policy: CostModelPolicy, passes: int, drafting_s: float) -> list[int]:
+    """Draft lengths chosen over `passes` passes where, in place, a pass that drafts costs
+    `drafting_s` and commits 2 tokens, and a plain pass costs 1 s for 1 token."""
+    chosen = []
+    for _ in range(passes):
+        k = policy.current()
+        chosen.append(k)
+        if k:
+            timed = PassTime(1, k + 1, k, drafting_s - 1.0, 1.0, (drafting_s - 1.0) / k, 2)
+        else:
+            timed = PassTime(1, 1, 0, 0.0, 1.0, None, 1)
+        policy.observe(torch.tensor([1 if k else 0]), k, timed)
+    return chosen
+
+
+def test_drafting_measured_dearer_than_plain_passes_means_plain_decoding() -> None:
+    # The table says drafting is nearly free; in place a drafting pass costs 3 s for 2 tokens.
+    live = LiveCosts(_costs(0.0, 0.01), weight=0.5)
+    assert live.drafting_pays(1) is None  # nothing measured yet
+    chosen = _run_policy(CostModelPolicy(live, batch=1, probe_every=8, check_every=4), 40, 3.0)
+    assert all(k > 0 for k in chosen[:4]) and chosen[4] == 0  # a plain pass to compare with
+    assert live.drafting_pays(1) is False
+    assert sum(k > 0 for k in chosen[5:]) <= 5  # from then on plain, with a probe every 8 passes
+
+
+def test_drafting_measured_cheaper_goes_on_with_a_plain_pass_now_and_then() -> None:
+    live = LiveCosts(_costs(0.0, 0.01), weight=0.5)
+    chosen = _run_policy(CostModelPolicy(live, batch=1, probe_every=8, check_every=4), 40, 1.5)
+    assert live.drafting_pays(1) is True
+    assert chosen.count(0) == 8 and all(k > 0 for i, k in enumerate(chosen) if i % 5 != 4)
