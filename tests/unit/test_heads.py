@@ -33,7 +33,7 @@ def _no_mask(logits: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Ten
 @pytest.mark.parametrize(("batch", "steps"), [(1, 1), (1, 5), (2, 4), (8, 1), (4, 4)])
 def test_screened_greedy_is_the_fp32_argmax(batch: int, steps: int) -> None:
     weight = _weight()
-    full, screened = FullHead(weight), ScreenedHead(weight)
+    full, screened = FullHead(weight), ScreenedHead(weight, max_rows=64)
     for seed in range(20):
         states = _states(batch, steps, seed)
         assert torch.equal(screened.greedy(states, _no_mask), full.logits(states).argmax(-1))
@@ -46,14 +46,14 @@ def test_screened_greedy_settles_near_ties_exactly() -> None:
     states[0, 0] = weight[3] / weight[3].norm() * 50
     full_logits = FullHead(weight).logits(states)
     assert set(full_logits[0, 0].topk(2).indices.tolist()) == {3, 7}
-    assert torch.equal(ScreenedHead(weight).greedy(states, _no_mask), full_logits.argmax(-1))
+    assert torch.equal(ScreenedHead(weight, max_rows=64).greedy(states, _no_mask), full_logits.argmax(-1))
 
 
 def test_screened_greedy_breaks_exact_ties_towards_the_lowest_id() -> None:
     weight = _weight()
     states = _states(1, 1)
     states[0, 0] = weight[5] / weight[5].norm() * 50  # rows 5 and 11 are identical
-    assert ScreenedHead(weight).greedy(states, _no_mask).item() == 5
+    assert ScreenedHead(weight, max_rows=64).greedy(states, _no_mask).item() == 5
 
 
 def test_screened_greedy_respects_the_mask() -> None:
@@ -67,12 +67,12 @@ def test_screened_greedy_respects_the_mask() -> None:
 
     expected = mask(full).argmax(-1)
     assert not torch.isin(expected, banned).any()
-    assert torch.equal(ScreenedHead(weight).greedy(states, mask), expected)
+    assert torch.equal(ScreenedHead(weight, max_rows=64).greedy(states, mask), expected)
 
 
 def test_screen_error_stays_within_its_bound() -> None:
     weight = _weight()
-    head = ScreenedHead(weight)
+    head = ScreenedHead(weight, max_rows=64)
     rows = _states(3, 3).reshape(-1, WIDTH)
     scores = head.screen(rows)
     bound = head._bound(rows[:, None], head.half_step)
@@ -88,7 +88,7 @@ def test_screened_greedy_on_non_finite_states_is_what_fp32_gives() -> None:
     states = _states(1, 3)
     states[0, 1, 4] = torch.nan
     expected = FullHead(weight).logits(states).argmax(-1)
-    assert torch.equal(ScreenedHead(weight).greedy(states, _no_mask), expected)
+    assert torch.equal(ScreenedHead(weight, max_rows=64).greedy(states, _no_mask), expected)
 
 
 def test_screened_head_falls_back_to_fp32_for_many_rows() -> None:
