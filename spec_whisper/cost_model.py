@@ -82,20 +82,31 @@ class DecoderCosts:
     _prices: dict[tuple[int, int], list[float]] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
+    # Prices already interpolated: decoding asks for a few shapes after every pass, where numpy's
+    # interpolation would cost about 50 us each time.
+    _looked_up: dict[tuple, float] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def verify_s(self, batch: int, tokens: int) -> float:
-        per_row = np.array([np.interp(tokens, TOKENS, row) for row in self.verify]) / BATCHES
-        return float(np.interp(batch, BATCHES, per_row) * batch)
+        key = ("verify", batch, tokens)
+        if key not in self._looked_up:
+            per_row = np.array([np.interp(tokens, TOKENS, row) for row in self.verify]) / BATCHES
+            self._looked_up[key] = float(np.interp(batch, BATCHES, per_row) * batch)
+        return self._looked_up[key]
 
     def draft_s(self, batch: int) -> float:
-        return float(np.interp(batch, BATCHES, self.draft / BATCHES) * batch)
+        key = ("draft", batch)
+        if key not in self._looked_up:
+            self._looked_up[key] = float(np.interp(batch, BATCHES, self.draft / BATCHES) * batch)
+        return self._looked_up[key]
 
     def drafting_s(self, batch: int, drafts: int) -> float:
         """Seconds of `drafts` assistant steps of one pass, its first included."""
         if drafts == 0:
             return 0.0
-        first = float(np.interp(batch, BATCHES, self.first_extra / BATCHES) * batch)
-        return first + drafts * self.draft_s(batch)
+        key = ("first", batch)
+        if key not in self._looked_up:
+            self._looked_up[key] = float(np.interp(batch, BATCHES, self.first_extra / BATCHES) * batch)
+        return self._looked_up[key] + drafts * self.draft_s(batch)
 
     def pass_s(self, batch: int, maximum: int) -> np.ndarray:
         """Seconds of one verify pass of `batch` rows with k = 0..maximum drafts, drafting included."""
@@ -190,9 +201,9 @@ class LiveCosts:
         self.first_scale = np.ones(len(BATCHES))
         self.draft_scale = np.ones(len(BATCHES))
         self._prices: dict[tuple[int, int], list[float]] = {}  # pass_prices until the next observe
-        # Exponential averages of seconds and committed tokens per pass, [batch size, plain / drafting].
-        self._spent = np.zeros((len(BATCHES), 2))
-        self._committed = np.zeros((len(BATCHES), 2))
+        # Exponential averages of seconds and committed tokens per pass by batch size, [plain, drafting].
+        self._spent = [[0.0, 0.0] for _ in BATCHES]
+        self._committed = [[0.0, 0.0] for _ in BATCHES]
 
     @property
     def verify(self) -> np.ndarray:
@@ -237,25 +248,26 @@ class LiveCosts:
         passes, as measured in place at this batch size; None until both kinds have run. The
         table's prices decide the draft length; this says when they are wrong about drafting at all
         (at batch 8 here the start-up table put a 2-token pass at 1.2 plain passes, in place 1.5)."""
-        size = self._size(batch)
-        if not self._committed[size].all():
+        (plain_s, drafting_s), (plain, drafting) = (
+            self._spent[self._size(batch)],
+            self._committed[self._size(batch)],
+        )
+        if not (plain and drafting):
             return None
-        plain, drafting = self._spent[size] / self._committed[size]
-        return bool(drafting < plain)
+        return drafting_s / drafting < plain_s / plain
 
     def observe(self, timed: PassTime) -> None:
-        self._prices.clear()
         size = self._size(timed.rows)
+        kind = int(timed.drafts > 0)
+        if timed.committed and (kind or timed.tokens == 1):  # not a request's first pass (its prompt)
+            weight = self.weight if self._committed[size][kind] else 1.0
+            spent, committed = self._spent[size], self._committed[size]
+            spent[kind] += weight * (timed.draft_s + timed.verify_s - spent[kind])
+            committed[kind] += weight * (timed.committed - committed[kind])
+        self._prices.clear()
         self.verify_scale[size] = self._updated(
             self.verify_scale[size], timed.verify_s / self.table.verify_s(timed.rows, timed.tokens)
         )
-        kind = int(timed.drafts > 0)
-        if timed.committed and (kind or timed.tokens == 1):  # not a request's first pass (its prompt)
-            seen = self._committed[size, kind] > 0
-            weight = self.weight if seen else 1.0
-            spent = timed.draft_s + timed.verify_s
-            self._spent[size, kind] += weight * (spent - self._spent[size, kind])
-            self._committed[size, kind] += weight * (timed.committed - self._committed[size, kind])
         if not timed.drafts:
             return
         if timed.first_draft_s is None:  # one reading for the whole drafting, shared out as tabled
@@ -272,10 +284,10 @@ class LiveCosts:
             )
 
     def _updated(self, scale: float, ratio: float) -> float:
-        if not np.isfinite(ratio) or ratio <= 0:  # a table without an assistant's timings
+        if not math.isfinite(ratio) or ratio <= 0:  # a table without an assistant's timings
             return scale
-        reading = np.log(np.clip(ratio, 0.25, 4.0))
-        return float(np.exp((1 - self.weight) * np.log(scale) + self.weight * reading))
+        reading = math.log(min(max(ratio, 0.25), 4.0))
+        return math.exp((1 - self.weight) * math.log(scale) + self.weight * reading)
 
 
 PassCosts = DecoderCosts | LiveCosts
