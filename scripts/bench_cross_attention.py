@@ -29,22 +29,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_engine import engine_arguments, english_clips, record  # scripts/, beside this file
+from bench_engine import (  # scripts/, beside this file
+    best_ms,
+    english_clips,
+    in_place,
+    in_place_arguments,
+    record,
+)
 
 from spec_whisper import cpu_attention, cpu_kernels
 from spec_whisper.engine import SpeculativeWhisper
-from spec_whisper.logit_filters import apply_filters
 from spec_whisper.types import DecodingOptions
-
-
-def best_ms(run: Callable[[], object], rounds: int) -> float:
-    run()
-    best = float("inf")
-    for _ in range(rounds):
-        began = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - began)
-    return best * 1e3
 
 
 def both_ways(run: Callable[[], object], rounds: int) -> tuple[float, float]:
@@ -60,13 +55,6 @@ def both_ways(run: Callable[[], object], rounds: int) -> tuple[float, float]:
 
 def every_layer(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> list[torch.Tensor]:
     return [cpu_attention.cross_attention(q, k, v) for k, v in zip(keys, values, strict=True)]
-
-
-def filters_at(
-    engine: SpeculativeWhisper, generated: int, logits: torch.Tensor, ids: torch.Tensor | None = None
-) -> torch.Tensor:
-    batch, tokens = logits.shape[:2]
-    return apply_filters(engine.filters, logits, torch.full((batch, tokens), generated), ids)
 
 
 def operator_table(rounds: int) -> list[str]:
@@ -101,23 +89,11 @@ def pass_table(
         "|---|---|---|---|---|---|---|",
     ]
     for batch in batches:
-        states = engine.encode(engine.log_mel(pcm[:batch]))
-        options = [DecodingOptions(language="en", speculative=False)] * batch
-        texts = [t.tokens for t in engine.decode(states, options)]
-        prompt = engine.tokens.prompt("en", "transcribe")
-        context = min(10, *(len(t) - 6 for t in texts))
-        tokens = torch.tensor([prompt + t[: context + 6] for t in texts])
-        cache = main.new_cache(states.main)
-        main.states(tokens[:, : len(prompt) + context], torch.zeros(batch, dtype=torch.long), cache)
-        narrow, assistant.cross_dtype = assistant.cross_dtype, torch.float32  # both ways read fp32 here
-        own = assistant.new_cache(states.main, cache)
-        assistant.cross_dtype = narrow
-        assistant.states(tokens[:, : len(prompt) + context], torch.zeros(batch, dtype=torch.long), own)
-        start = torch.full((batch,), len(prompt) + context)
+        primed = in_place(engine, pcm[:batch], ahead=6, wide_cross=True)  # both ways read fp32 here
+        start, cache, own, mask = primed.start, primed.cache, primed.own, primed.mask
         ones = {}
-        mask = partial(filters_at, engine, context)
         for n in (1, 3, 5):
-            new = tokens[:, len(prompt) + context : len(prompt) + context + n]
+            new = primed.following(n)
             theirs, ours = both_ways(partial(main.greedy, new, start, cache, mask, n), rounds)
             ones.setdefault("t", theirs)
             ones.setdefault("o", ours)
@@ -125,7 +101,7 @@ def pass_table(
                 f"| {batch} | main, {n} token{'s' if n > 1 else ''} | {theirs:.2f} | {ours:.2f} | "
                 f"{theirs / ours:.2f}x | {theirs / ones['t']:.2f} | {ours / ones['o']:.2f} |"
             )
-        step = tokens[:, len(prompt) + context : len(prompt) + context + 1]
+        step = primed.following(1)
         theirs, ours = both_ways(partial(assistant.draft, step, start, own, mask), rounds)
         out.append(
             f"| {batch} | assistant step (fp32 keys/values) | {theirs:.2f} | {ours:.2f} | "
@@ -173,13 +149,7 @@ def narrow_table(
 
 
 def main() -> None:
-    parser = engine_arguments(__doc__, clips=8)
-    parser.set_defaults(skip=40)  # the clips the distillation held out
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    if max(args.batch) > args.clips:
-        parser.error("--clips must fill the largest --batch")
-    torch.set_num_threads(args.threads)
+    args = in_place_arguments(__doc__)
     if not cpu_kernels.kernels_available():
         sys.exit("the kernel did not build here: nothing to compare")
     lines = operator_table(args.rounds)

@@ -13,7 +13,6 @@ choose the same greedy tokens; the few-row kernel's ways must agree to the bit.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -23,13 +22,12 @@ from transformers import WhisperForCausalLM, WhisperForConditionalGeneration
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_engine import engine_arguments, english_clips, record  # scripts/, beside this file
+# bench_engine: scripts/, beside this file
+from bench_engine import best_ms, english_clips, in_place, in_place_arguments, record
 
 from spec_whisper.decoder import WhisperDecoderRunner
 from spec_whisper.engine import SpeculativeWhisper
 from spec_whisper.linear import FastLinear, FewRowsLinear, Int8Linear, fuse_linears
-from spec_whisper.logit_filters import apply_filters
-from spec_whisper.types import DecodingOptions
 
 MAIN_WAYS = {
     "oneDNN fp32": FastLinear,
@@ -55,22 +53,6 @@ def set_products(
         runner.head.linear = make(head_rows, None)
 
 
-def best_ms(run: Callable[[], object], repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - began)
-    return best * 1e3
-
-
-def filters_at(
-    engine: SpeculativeWhisper, generated: int, logits: torch.Tensor, ids: torch.Tensor | None = None
-) -> torch.Tensor:
-    counts = torch.full(logits.shape[:2], generated) + torch.arange(logits.shape[1])
-    return apply_filters(engine.filters, logits, counts, ids)
-
-
 @torch.inference_mode()
 def main_table(engine, hf_main, pcm, batches: list[int], rounds: int) -> list[str]:
     main, assistant = engine.main, engine.assistant
@@ -82,19 +64,9 @@ def main_table(engine, hf_main, pcm, batches: list[int], rounds: int) -> list[st
         "|---|---|" + "---|" * (len(ways) + 1),
     ]
     for batch in batches:
-        states = engine.encode(engine.log_mel(pcm[:batch]))
-        options = [DecodingOptions(language="en", speculative=False)] * batch
-        texts = [t.tokens for t in engine.decode(states, options)]
-        prompt = engine.tokens.prompt("en", "transcribe")
-        context = min(10, *(len(t) - 7 for t in texts))
-        tokens = torch.tensor([prompt + t[: context + 7] for t in texts])
-        cache = main.new_cache(states.main)
-        main.states(tokens[:, : len(prompt) + context], torch.zeros(batch, dtype=torch.long), cache)
-        own = assistant.new_cache(states.main, cache)
-        assistant.states(tokens[:, : len(prompt) + context], torch.zeros(batch, dtype=torch.long), own)
-        start = torch.full((batch,), len(prompt) + context)
-        mask = partial(filters_at, engine, context)
-        passes = {n: tokens[:, len(prompt) + context : len(prompt) + context + n] for n in (1, 2, 4, 6)}
+        primed = in_place(engine, pcm[:batch], ahead=7)
+        start, cache, own, mask = primed.start, primed.cache, primed.own, primed.mask
+        passes = {n: primed.following(n) for n in (1, 2, 4, 6)}
         times = {(w, n): float("inf") for w in [*ways, *DRAFT_WAYS] for n in [*passes, 0]}
         chosen: dict[tuple[str, int], torch.Tensor] = {}
         step = passes[1]
@@ -103,7 +75,7 @@ def main_table(engine, hf_main, pcm, batches: list[int], rounds: int) -> list[st
                 set_products(main, hf_main.layers, MAIN_WAYS[way], None)
                 for n, new in passes.items():
                     run = partial(main.greedy, new, start, cache, mask, n)
-                    times[way, n] = min(times[way, n], best_ms(run))
+                    times[way, n] = min(times[way, n], best_ms(run, 3, warm_up=False))
                     chosen[way, n] = run()
             for way, make in DRAFT_WAYS.items():
                 set_products(assistant, hf_assistant, make, shortlist_rows)
@@ -111,7 +83,7 @@ def main_table(engine, hf_main, pcm, batches: list[int], rounds: int) -> list[st
                 spent = float("inf")
                 for _ in range(3):
                     main.greedy(passes[4], start, cache, mask, 4)  # evicts the assistant, as decoding does
-                    spent = min(spent, best_ms(draft, 1))
+                    spent = min(spent, best_ms(draft, 1, warm_up=False))
                 times[way, 0] = min(times[way, 0], spent)
         set_products(main, hf_main.layers, MAIN_WAYS["few-row fp16"], None)
         set_products(assistant, hf_assistant, DRAFT_WAYS["few-row int8"], shortlist_rows)
@@ -131,13 +103,7 @@ def main_table(engine, hf_main, pcm, batches: list[int], rounds: int) -> list[st
 
 
 def main() -> None:
-    parser = engine_arguments(__doc__, clips=8)
-    parser.set_defaults(skip=40)  # the clips the distillation held out
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    if max(args.batch) > args.clips:
-        parser.error("--clips must fill the largest --batch")
-    torch.set_num_threads(args.threads)
+    args = in_place_arguments(__doc__)
     engine = SpeculativeWhisper.load(args.main, args.assistant)
     if not isinstance(engine.main.layers[0].fc1, FewRowsLinear):
         sys.exit("the few-row kernel did not build here: nothing to compare")

@@ -33,6 +33,7 @@ from spec_whisper.audio import decode_audio  # noqa: E402
 from spec_whisper.cost_model import BATCHES, TOKENS, PassCosts, synchronize  # noqa: E402
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
 from spec_whisper.heads import FullHead, ScreenedHead  # noqa: E402
+from spec_whisper.logit_filters import apply_filters  # noqa: E402
 from spec_whisper.types import DecodingOptions  # noqa: E402
 
 
@@ -262,6 +263,80 @@ def engine_arguments(description: str, clips: int) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--record", type=Path, help="append the results to this markdown file")
     return parser
+
+
+def in_place_arguments(description: str) -> argparse.Namespace:
+    """The options of the in-place pass benchmarks (8 held-out clips, `--rounds`), parsed; threads set."""
+    parser = engine_arguments(description, clips=8)
+    parser.set_defaults(skip=40)  # the clips the distillation held out
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if max(args.batch) > args.clips:
+        parser.error("--clips must fill the largest --batch")
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def best_ms(run: Callable[[], object], rounds: int, warm_up: bool = True) -> float:
+    """The fastest of `rounds` runs, in milliseconds (after one untimed run when `warm_up`)."""
+    if warm_up:
+        run()
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - began)
+    return best * 1e3
+
+
+def filters_at(
+    engine: SpeculativeWhisper, generated: int, logits: torch.Tensor, ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The engine's logit filters for a pass whose first position follows `generated` tokens."""
+    counts = torch.full(logits.shape[:2], generated) + torch.arange(logits.shape[1])
+    return apply_filters(engine.filters, logits, counts, ids)
+
+
+@dataclass
+class InPlace:
+    """Decoders primed on real clips for timing passes in place: both caches hold the prompt and
+    `context` tokens of each row's greedy transcript; `following(n)` are the next n tokens a pass feeds
+    at positions `start`, filtered by `mask` as decoding filters them."""
+
+    tokens: torch.Tensor
+    start: torch.Tensor
+    cache: object  # the main decoder's DecoderCache
+    own: object  # the assistant's
+    mask: Callable
+    first: int
+
+    def following(self, n: int) -> torch.Tensor:
+        return self.tokens[:, self.first : self.first + n]
+
+
+def in_place(
+    engine: SpeculativeWhisper, pcm: list[np.ndarray], ahead: int, wide_cross: bool = False
+) -> InPlace:
+    """`InPlace` for these clips (one row each), with `ahead` transcript tokens to feed; `wide_cross`:
+    the assistant reads fp32 cross-attention keys and values instead of its narrower copy."""
+    batch, main, assistant = len(pcm), engine.main, engine.assistant
+    states = engine.encode(engine.log_mel(pcm))
+    options = [DecodingOptions(language="en", speculative=False)] * batch
+    texts = [t.tokens for t in engine.decode(states, options)]
+    prompt = engine.tokens.prompt("en", "transcribe")
+    context = min(10, *(len(t) - ahead for t in texts))
+    tokens = torch.tensor([prompt + t[: context + ahead] for t in texts])
+    first, at_zero = len(prompt) + context, torch.zeros(batch, dtype=torch.long)
+    cache = main.new_cache(states.main)
+    main.states(tokens[:, :first], at_zero, cache)
+    narrow = assistant.cross_dtype
+    if wide_cross:
+        assistant.cross_dtype = torch.float32
+    own = assistant.new_cache(states.main, cache)
+    assistant.cross_dtype = narrow
+    assistant.states(tokens[:, :first], at_zero, own)
+    mask = partial(filters_at, engine, context)
+    return InPlace(tokens, torch.full((batch,), first), cache, own, mask, first)
 
 
 def english_clips(speech_dir: str | Path, skip: int, clips: int) -> list[np.ndarray]:
