@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +57,9 @@ class PolicyEngine(SpeculativeWhisper):
     wide_cross = False
     _wide_costs: LiveCosts | None = None
 
-    def length_policy(self, batch: int, draft_length: int | None, adaptive: bool) -> LengthPolicy:
+    def length_policy(
+        self, batch: int, draft_length: int | None, adaptive: bool, languages: Sequence[str] = ()
+    ) -> LengthPolicy:
         costs = self.costs()
         assert isinstance(costs, LiveCosts)
         if draft_length is None and self.wide_cross:
@@ -66,7 +69,7 @@ class PolicyEngine(SpeculativeWhisper):
             return CostModelPolicy(costs.table, batch)
         if draft_length is None and self.once_per_pass:
             return OncePerPassPolicy(costs, batch)
-        return super().length_policy(batch, draft_length, adaptive)
+        return super().length_policy(batch, draft_length, adaptive, languages)
 
 
 # name: (speculative, draft length, cost model once per pass, start-up table alone, fp32 cross-attention)

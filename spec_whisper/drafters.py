@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Protocol
@@ -74,7 +75,8 @@ class CostModelPolicy:
     """The draft length with the most expected tokens per second for the rows in the batch.
 
     Each row's acceptance probability is estimated from its own verify passes (accepted drafts over
-    accepted plus rejections), starting from `prior` worth `prior_weight` observations, and the
+    accepted plus rejections), starting from `prior` (one for all rows or one per row) worth
+    `prior_weight` observations, and the
     measured pass costs turn it into a length: long drafts at batch 1 where verifying is nearly free,
     short ones or none (plain greedy) when a large batch makes every verified token cost full price.
     After each draft the choice is made again with what the assistant said of its own tokens: a
@@ -98,7 +100,7 @@ class CostModelPolicy:
         self,
         costs: PassCosts,
         batch: int,
-        prior: float = 0.7,
+        prior: float | Sequence[float] = 0.7,
         prior_weight: float = 4.0,
         maximum: int = MAX_DRAFT,
         probe_every: int = 32,
@@ -106,7 +108,7 @@ class CostModelPolicy:
     ) -> None:
         self.costs = costs
         # On the host in numpy, handed to the cost model as floats (`cost_model.expected_tokens`).
-        self.accepted = np.full(batch, prior * prior_weight)
+        self.accepted = np.broadcast_to(np.asarray(prior, dtype=np.float64) * prior_weight, (batch,)).copy()
         self.trials = np.full(batch, float(prior_weight))
         self.maximum = maximum
         self.probe_every = probe_every

@@ -259,3 +259,16 @@ def test_drafting_measured_cheaper_goes_on_with_a_plain_pass_now_and_then() -> N
     chosen = _run_policy(CostModelPolicy(live, batch=1, probe_every=8, check_every=4), 40, 1.5)
     assert live.drafting_pays(1) is True
     assert chosen.count(0) == 8 and all(k > 0 for i, k in enumerate(chosen) if i % 5 != 4)
+
+
+def test_the_engine_starts_each_language_from_the_acceptance_it_has_seen(tiny) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])  # the main model as its own assistant
+    engine._costs = _costs(0.0, 0.01)  # drafting pays: every request drafts
+    assert engine.length_policy(1, None, False, ["en"]).accepted[0] == pytest.approx(0.7 * 4)
+    rng = np.random.default_rng(2)
+    pcm = [(0.1 * rng.standard_normal(16000 * 4)).astype(np.float32)]
+    states = engine.encode(engine.log_mel(pcm))
+    engine.decode(states, [DecodingOptions(language="en", max_new_tokens=20)])
+    assert engine._acceptance["en"] == pytest.approx(1.0)  # every draft of an identical assistant
+    policy = engine.length_policy(2, None, False, ["en", "fr"])
+    np.testing.assert_allclose(policy.accepted / policy.trials, [1.0, 0.7])
