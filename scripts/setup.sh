@@ -16,6 +16,6 @@ if ! command -v espeak-ng >/dev/null; then
   # Synthetic speech for distilling the assistant (Debian package).
   (apt-get update -qq && apt-get install -y -qq espeak-ng bible-kjv >/dev/null) || echo "espeak-ng unavailable: distilling on real clips only"
 fi
-# The CPU kernels (attention, the decoder's products), compiled here once (about 40 s; the engine falls back without them).
+# The CPU kernels (attention, the decoder's products), compiled here once (about 90 s; the engine falls back without them).
 .venv/bin/python -c "from spec_whisper.cpu_kernels import kernels_available as k; print('CPU kernels:', 'built' if k() else 'unavailable')"
 .venv/bin/python scripts/prepare_models.py --offline ${QUICK_ASSISTANT:+--quick-assistant}

@@ -69,8 +69,8 @@ class DecoderCosts:
     """Seconds per pass: `verify[i, j]` for BATCHES[i] rows x TOKENS[j] tokens through the main decoder
     (states and greedy head), `draft[i]` for one assistant step of BATCHES[i] rows right after another,
     and `first_extra[i]` what the first step of a pass costs on top: the main pass before it has
-    evicted the assistant's weights and keys from the CPU's caches (whisper-base at batch 1: about as
-    much again as a step). Drafting `k` tokens costs `first_extra + k * draft`."""
+    evicted the assistant's weights and keys from the CPU's caches. Drafting `k` tokens costs
+    `first_extra + k * draft`."""
 
     verify: np.ndarray
     draft: np.ndarray
@@ -248,10 +248,8 @@ class LiveCosts:
         passes, as measured in place at this batch size; None until both kinds have run. The
         table's prices decide the draft length; this says when they are wrong about drafting at all
         (at batch 8 here the start-up table put a 2-token pass at 1.2 plain passes, in place 1.5)."""
-        (plain_s, drafting_s), (plain, drafting) = (
-            self._spent[self._size(batch)],
-            self._committed[self._size(batch)],
-        )
+        size = self._size(batch)
+        (plain_s, drafting_s), (plain, drafting) = self._spent[size], self._committed[size]
         if not (plain and drafting):
             return None
         return drafting_s / drafting < plain_s / plain

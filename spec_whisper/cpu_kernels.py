@@ -2,7 +2,7 @@
 
 `csrc/` holds the decoder's and the encoder's attention (`cpu_attention.py`) and the decoder's
 few-row products (`linear.FewRowsLinear`). They are compiled on first use with `-march=native`
-(about 40 s; `torch.utils.cpp_extension` caches the build). Without a C++ compiler, or with
+(about 90 s; `torch.utils.cpp_extension` caches the build). Without a C++ compiler, or with
 SPEC_WHISPER_CPU_KERNEL=0, everything runs on PyTorch's own operators: correct, only slower.
 """
 

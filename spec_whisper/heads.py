@@ -97,8 +97,8 @@ class ScreenedHead(FullHead):
         self.max_half_step = float(self.half_step.max())
         self.max_row_l1 = float((self.weight.abs().sum(dim=1)).max())
         # Above this many positions per call the fp32 product (fp16 weights, `FewRowsLinear`) is as
-        # fast: whisper-base with real states here, 1 row 1.39 ms against 1.64, 2 rows even, 4 rows
-        # 2.06 against 1.96 (an AVX-512 VNNI screen, tried, was no faster: docs/benchmarks.md).
+        # fast: measured here on whisper-base with real decoder states (an AVX-512 VNNI screen, tried,
+        # was no faster: docs/benchmarks.md).
         self.max_rows = max_rows
         # Past this many candidates, scoring them one by one is slower than the fp32 projection.
         self.max_candidates = 4096

@@ -84,9 +84,8 @@ class FewRowsLinear:
             weight = weight.half()
         self.stream = stream
         self.step = step  # int8: each output row's rounding step
+        # `scale` comes back as None for fp32 and fp16 weights.
         self.packed, self.bias, self.scale = kernel.few_rows_linear_pack(weight, bias, step)
-        if step is None:
-            self.scale = None
 
     @staticmethod
     def available(weight: Tensor) -> bool:

@@ -97,7 +97,7 @@ def generate(
         if drafter is not None:  # plain passes too: they price what drafting saves
             committed = int(n_accepted.sum()) + len(rows)
             timed = PassTime(
-                len(rows), tokens.shape[1], k, drafted - began, verified - drafted, None, committed
+                len(rows), tokens.shape[1], k, drafted - began, verified - drafted, committed=committed
             )
             drafter.observe(n_accepted, k, timed)
         # 4. Retire finished rows from every cache.
