@@ -2,6 +2,12 @@
 against the kernel's int8 weights for the assistant, in turns on real clips.
 
     python scripts/bench_decoder_products.py --threads 2       # --batch 1 8 on --clips 8 from --skip 40
+    python scripts/bench_decoder_products.py --threads 2 --heads-only
+
+Then the main model's head alone, right after the decoder layers of its pass (real decoder states),
+as in decoding: the screened head
+(an int8 screen and a few fp32 rows) against the fp16-stored full projection, which `ScreenedHead`
+falls back to above `max_rows` positions per call.
 
 A main pass of 1, 2, 4 and 6 tokens per row (the screened head and the logit filters included) with
 each way of computing the layers' products, and an assistant draft step right after a main pass (which
@@ -13,6 +19,7 @@ choose the same greedy tokens; the few-row kernel's ways must agree to the bit.
 from __future__ import annotations
 
 import sys
+from argparse import ArgumentParser
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -27,6 +34,7 @@ from bench_engine import best_ms, english_clips, in_place, in_place_arguments, r
 
 from spec_whisper.decoder import WhisperDecoderRunner
 from spec_whisper.engine import SpeculativeWhisper
+from spec_whisper.heads import FullHead, ScreenedHead
 from spec_whisper.linear import FastLinear, FewRowsLinear, Int8Linear, fuse_linears
 
 MAIN_WAYS = {
@@ -102,15 +110,50 @@ def main_table(engine, hf_main, pcm, batches: list[int], rounds: int) -> list[st
     return out
 
 
+@torch.inference_mode()
+def head_table(engine, pcm, batches: list[int], rounds: int) -> list[str]:
+    main = engine.main
+    head = main.head
+    if not isinstance(head, ScreenedHead):
+        return ["(no screened head here: the few-row kernel did not build)"]
+    limit, head.max_rows = head.max_rows, 1 << 30  # screen at every size; the fp16 product is its parent's
+    full = partial(FullHead.greedy, head)
+    out = [
+        f"| batch | positions per row | screened ms | fp16 full ms | screened's gain (max_rows {limit}) |",
+        "|---|---|---|---|---|",
+    ]
+    for batch in batches:
+        primed = in_place(engine, pcm[:batch], ahead=7)
+        for n in (1, 2, 3, 4, 6):
+            states = main.states(primed.following(n), primed.start, primed.cache)[:, -n:]
+            agree = torch.equal(head.greedy(states, primed.mask), full(states, primed.mask))
+            assert agree, "the heads chose differently"
+            layers = partial(main.states, primed.following(n), primed.start, primed.cache)
+            screened = full_ms = float("inf")
+            for _ in range(rounds * 3):  # each right after the layers, as in a pass
+                layers()
+                screened = min(screened, best_ms(partial(head.greedy, states, primed.mask), 1, warm_up=False))
+                layers()
+                full_ms = min(full_ms, best_ms(partial(full, states, primed.mask), 1, warm_up=False))
+            out.append(f"| {batch} | {n} | {screened:.2f} | {full_ms:.2f} | {full_ms / screened:.2f}x |")
+    head.max_rows = limit
+    return out
+
+
+def _heads_only_option(parser: ArgumentParser) -> None:
+    parser.add_argument("--heads-only", action="store_true", help="time the heads alone")
+
+
 def main() -> None:
-    args = in_place_arguments(__doc__)
+    args = in_place_arguments(__doc__, _heads_only_option)
     engine = SpeculativeWhisper.load(args.main, args.assistant)
     if not isinstance(engine.main.layers[0].fc1, FewRowsLinear):
         sys.exit("the few-row kernel did not build here: nothing to compare")
     hf_main = WhisperForConditionalGeneration.from_pretrained(args.main).model.decoder
     engine.models.assistant = WhisperForCausalLM.from_pretrained(args.assistant)  # its layers again
     pcm = english_clips(args.speech_dir, args.skip, args.clips)
-    report = "\n".join(main_table(engine, hf_main, pcm, args.batch, args.rounds))
+    tables = [] if args.heads_only else [*main_table(engine, hf_main, pcm, args.batch, args.rounds), ""]
+    report = "\n".join([*tables, *head_table(engine, pcm, args.batch, args.rounds)])
     print(report)
     record(args.record, "Decoder products", report)
 

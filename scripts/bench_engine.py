@@ -265,11 +265,16 @@ def engine_arguments(description: str, clips: int) -> argparse.ArgumentParser:
     return parser
 
 
-def in_place_arguments(description: str) -> argparse.Namespace:
-    """The options of the in-place pass benchmarks (8 held-out clips, `--rounds`), parsed; threads set."""
+def in_place_arguments(
+    description: str, more: Callable[[argparse.ArgumentParser], object] | None = None
+) -> argparse.Namespace:
+    """The options of the in-place pass benchmarks (8 held-out clips, `--rounds`, and what `more` adds),
+    parsed; threads set."""
     parser = engine_arguments(description, clips=8)
     parser.set_defaults(skip=40)  # the clips the distillation held out
     parser.add_argument("--rounds", type=int, default=5)
+    if more is not None:
+        more(parser)
     args = parser.parse_args()
     if max(args.batch) > args.clips:
         parser.error("--clips must fill the largest --batch")

@@ -1,8 +1,9 @@
 """The C++ kernels for CPUs, built once on the machine that runs them.
 
-`csrc/` holds the decoder's and the encoder's attention (`cpu_attention.py`) and the decoder's
-few-row products (`linear.FewRowsLinear`). They are compiled on first use with `-march=native`
-(about 90 s; `torch.utils.cpp_extension` caches the build). Without a C++ compiler, or with
+`csrc/` holds the decoder's and the encoder's attention (`cpu_attention.py`), the decoder's
+few-row products (`linear.FewRowsLinear`) and a decoder layer's pass in one call (`decoder.py`).
+They are compiled on first use with `-march=native` (about 90 s; `torch.utils.cpp_extension` caches
+the build). Without a C++ compiler, or with
 SPEC_WHISPER_CPU_KERNEL=0, everything runs on PyTorch's own operators: correct, only slower.
 """
 
@@ -18,7 +19,13 @@ __all__ = ["kernels", "kernels_available", "use_kernels"]
 
 _SOURCES = [
     Path(__file__).resolve().parent / "csrc" / name
-    for name in ("module.cpp", "decoder_attention.cpp", "encoder_attention.cpp", "few_rows_linear.cpp")
+    for name in (
+        "module.cpp",
+        "decoder_attention.cpp",
+        "decoder_layer.cpp",
+        "encoder_attention.cpp",
+        "few_rows_linear.cpp",
+    )
 ]
 
 _enabled = os.environ.get("SPEC_WHISPER_CPU_KERNEL", "1") != "0"

@@ -20,10 +20,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cpu_attention import cross_attention, self_attention
-from .cpu_kernels import kernels_available
+from .cpu_kernels import kernels, kernels_available
 from .cuda_graphs import GraphedPasses
 from .heads import FullHead, Mask, ShortlistHead, main_head
-from .linear import FastLinear, Int8Linear, Linear, decoder_linear, draft_linear, fuse_linears, int8_available
+from .linear import (
+    FastLinear,
+    FewRowsLinear,
+    Int8Linear,
+    Linear,
+    decoder_linear,
+    draft_linear,
+    fuse_linears,
+    int8_available,
+)
 
 Head = FullHead | ShortlistHead
 
@@ -196,6 +205,7 @@ class WhisperDecoderRunner:
             )
             for lay, source in zip(hf_decoder.layers, self.cross_from, strict=True)
         ]
+        self.fused = _fused_layers(self.layers, self.head_dim)
         on_gpu = cuda_graphs and self.device.type == "cuda"
         self.graphs = GraphedPasses(self.fixed_shape_states, self.device) if on_gpu else None
         if self.device.type == "cpu" and self.dtype == torch.float32:
@@ -277,6 +287,10 @@ class WhisperDecoderRunner:
         position written)."""
         positions = start[:, None] + torch.arange(tokens.shape[1], device=self.device)
         x = self.embed_tokens[tokens] + self.embed_positions[positions]
+        if self.fused is not None and kernels() is not None and _fits_fused(cache, start):
+            for i, layer in enumerate(self.fused):
+                x = layer(x, cache.self_k[i], cache.self_v[i], cache.cross_k[i], cache.cross_v[i], start)
+            return self.final_norm(x)
         for i, layer in enumerate(self.layers):
             qkv = layer.self_qkv(layer.self_norm(x))
             attn = self_attention(qkv, cache.self_k[i], cache.self_v[i], start, length)
@@ -285,3 +299,36 @@ class WhisperDecoderRunner:
             x = x + layer.cross_out(attn)
             x = x + layer.fc2(F.gelu(layer.fc1(layer.final_norm(x))))
         return self.final_norm(x)
+
+
+def _fused_layers(layers: list[_Layer], head_dim: int) -> list | None:
+    """Each layer's pass as one kernel call (`csrc/decoder_layer.cpp`: the same operators, the same
+    bits, without a Python dispatch per operator) where every product of a pass is the few-row
+    kernel's; else None."""
+    kernel = kernels()
+    products = [[lay.self_qkv, lay.self_out, lay.cross_q, lay.cross_out, lay.fc1, lay.fc2] for lay in layers]
+    few_rows = all(isinstance(p, FewRowsLinear) for ps in products for p in ps)
+    if kernel is None or head_dim != 64 or not few_rows:
+        return None
+
+    def norm(n: nn.LayerNorm) -> tuple[Tensor, Tensor, float]:
+        return n.weight.detach(), n.bias.detach(), n.eps
+
+    return [
+        kernel.DecoderLayer(
+            [p.state() for p in ps],
+            [norm(layer.self_norm), norm(layer.cross_norm), norm(layer.final_norm)],
+            head_dim**-0.5,
+        )
+        for layer, ps in zip(layers, products, strict=True)
+    ]
+
+
+def _fits_fused(cache: DecoderCache, start: Tensor) -> bool:
+    """The fused layers' kernels take contiguous caches (a compacted cache's are) and host positions."""
+    return (
+        start.device.type == "cpu"
+        and cache.self_k.is_contiguous()
+        and cache.self_v.is_contiguous()
+        and all(t.is_contiguous() for t in (*cache.cross_k, *cache.cross_v))
+    )

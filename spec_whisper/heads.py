@@ -85,7 +85,7 @@ class ScreenedHead(FullHead):
     `gamma_K * sum |x_k q_k| <= gamma_K * 127 * ||x||_1` times `step`, with `gamma_K = K u / (1 - K u)`.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None, max_rows: int = 2) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, max_rows: int = 4) -> None:
         super().__init__(weight, bias)
         self.weight = weight.detach()
         self.bias = None if bias is None else bias.detach()
@@ -96,9 +96,8 @@ class ScreenedHead(FullHead):
         self.half_step = self.screen.step / 2 * (1 + 2 * 127 * gamma)
         self.max_half_step = float(self.half_step.max())
         self.max_row_l1 = float((self.weight.abs().sum(dim=1)).max())
-        # Above this many positions per call the fp32 product (fp16 weights, `FewRowsLinear`) is as
-        # fast: measured here on whisper-base with real decoder states (an AVX-512 VNNI screen, tried,
-        # was no faster: docs/benchmarks.md).
+        # Above this many positions per call the fp32 product (fp16 weights, `FewRowsLinear`) is faster:
+        # the screen's tiles hold 4 rows (`bench_decoder_products.py --heads-only`, docs/benchmarks.md).
         self.max_rows = max_rows
         # Past this many candidates, scoring them one by one is slower than the fp32 projection.
         self.max_candidates = 4096

@@ -92,6 +92,10 @@ class FewRowsLinear:
         kernel = kernels() if weight.device.type == "cpu" and weight.dtype == torch.float32 else None
         return kernel is not None and kernel.few_rows_linear_supported()
 
+    def state(self) -> tuple[Tensor, Tensor, Tensor | None, int, bool]:
+        """What the kernel's calls take besides the rows: a C++ caller's copy (`csrc/decoder_layer.cpp`)."""
+        return self.packed, self.bias, self.scale, self.out_features, self.stream
+
     def __call__(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features).contiguous()
         y = self.kernel.few_rows_linear(

@@ -11,6 +11,7 @@ std::vector<torch::Tensor> few_rows_linear_pack(const torch::Tensor& weight, con
                                                 const c10::optional<torch::Tensor>& scale);
 torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& bias,
                               const c10::optional<torch::Tensor>& scale, int64_t out_features, bool stream);
+void bind_decoder_layer(pybind11::module& m);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decoder_self_attention", &decoder_self_attention,
@@ -20,4 +21,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("few_rows_linear_supported", &few_rows_linear_supported, "whether the product was built (AVX-512)");
   m.def("few_rows_linear_pack", &few_rows_linear_pack, "weights and bias packed for few_rows_linear");
   m.def("few_rows_linear", &few_rows_linear, "x W^T + b for a decoder pass's few rows");
+  bind_decoder_layer(m);
 }
