@@ -94,6 +94,11 @@ class CostModelPolicy:
     (`drafting_pays`). Where drafting is measured dearer, the policy decodes plainly (probing as
     above, at the length the prices choose); while drafting, one pass in `check_every` is plain, so
     that the comparison stays current (about 3% of the speed-up where drafting pays).
+
+    A decision not to draft stands for `rest` passes (until a probe is due or rows leave), and of
+    those plain passes only the last is priced: acceptance moves only with drafts and the prices
+    slowly, while deciding and pricing after every pass is Python work that a whisper-base pass
+    notices where the assistant is rarely right (FLEURS, docs/benchmarks.md).
     """
 
     def __init__(
@@ -105,6 +110,7 @@ class CostModelPolicy:
         maximum: int = MAX_DRAFT,
         probe_every: int = 32,
         check_every: int = 32,
+        rest: int = 8,
     ) -> None:
         self.costs = costs
         # On the host in numpy, handed to the cost model as floats (`cost_model.expected_tokens`).
@@ -115,15 +121,25 @@ class CostModelPolicy:
         self.check_every = check_every
         self.plain_passes = 0  # in a row
         self.drafting_passes = 0  # in a row
+        self.rest = rest
+        self._resting = 0  # plain passes left before deciding again
 
     def current(self) -> int:
+        if self._resting and self.plain_passes < self.probe_every:
+            self._resting -= 1
+            return 0
+        self._resting = 0
         best = best_draft_length(self.costs, (self.accepted / self.trials).tolist(), self.maximum)
         probing = self.plain_passes >= self.probe_every
         if best == 0:
-            return 1 if probing else 0
+            if probing:
+                return 1
+            self._resting = self.rest
+            return 0
         if self.drafting_passes >= self.check_every:
             return 0  # a plain pass keeps the measured price of plain decoding current
         if self.costs.drafting_pays(len(self.accepted)) is False and not probing:
+            self._resting = self.rest
             return 0
         return best
 
@@ -132,7 +148,7 @@ class CostModelPolicy:
         return best_extension(self.costs, acceptance, self.maximum, drafted, chain, expected) > 0
 
     def observe(self, n_accepted: Tensor, k: int, timed: PassTime | None = None) -> None:
-        if timed is not None:
+        if timed is not None and not self._resting:  # resting: one plain pass in `rest` is priced
             self.costs.observe(timed)
         self.plain_passes = 0 if k else self.plain_passes + 1
         self.drafting_passes = self.drafting_passes + 1 if k else 0
@@ -144,6 +160,7 @@ class CostModelPolicy:
     def keep(self, rows: Tensor) -> None:
         index = rows.numpy()
         self.accepted, self.trials = self.accepted[index], self.trials[index]
+        self._resting = 0  # other rows, another batch size: decide again
 
 
 class AssistantDrafter:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from spec_whisper import drafters
 from spec_whisper.cost_model import (
     BATCHES,
     TOKENS,
@@ -272,3 +273,21 @@ def test_the_engine_starts_each_language_from_the_acceptance_it_has_seen(tiny) -
     assert engine._acceptance["en"] == pytest.approx(1.0)  # every draft of an identical assistant
     policy = engine.length_policy(2, None, False, ["en", "fr"])
     np.testing.assert_allclose(policy.accepted / policy.trials, [1.0, 0.7])
+
+
+def test_a_decision_not_to_draft_stands_for_a_few_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain passes where drafting does not pay skip the decision and, but for the last of each
+    rest, the pricing; rows leaving the batch end the rest."""
+    live = LiveCosts(_costs(1.0, 1.0), weight=0.5)  # drafting never pays
+    decided, priced = [], []
+    monkeypatch.setattr(drafters, "best_draft_length", lambda *args: decided.append(1) or 0)
+    monkeypatch.setattr(live, "observe", priced.append)
+    policy = CostModelPolicy(live, batch=2, probe_every=100, rest=4)
+    for _ in range(10):
+        assert policy.current() == 0
+        policy.observe(torch.tensor([0, 0]), 0, PassTime(2, 1, 0, 0.0, 1.0, None, 2))
+    assert len(decided) == 2 and len(priced) == 2  # decided at passes 0 and 5, priced at 4 and 9
+    policy.current()
+    policy.keep(torch.tensor([1]))
+    policy.current()
+    assert len(decided) == 4
