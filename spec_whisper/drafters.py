@@ -124,6 +124,11 @@ class CostModelPolicy:
         self.rest = rest
         self._resting = 0  # plain passes left before deciding again
 
+    @property
+    def stopped_drafting(self) -> bool:
+        """Whether the last passes were plain, more than the one plain pass that a check makes."""
+        return self.plain_passes > 1
+
     def current(self) -> int:
         if self._resting and self.plain_passes < self.probe_every:
             self._resting -= 1

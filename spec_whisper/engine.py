@@ -29,6 +29,9 @@ __all__ = ["STAGES", "EncoderStates", "SpeculativeWhisper"]
 
 # A row's draft acceptance before anything is known of its language (the cost model's prior).
 _PRIOR = 0.7
+# Plain passes in a row before a request that stopped drafting probes with one draft: at first, and
+# at most after its language's requests kept ending without drafting (`_learn_probing`).
+_PROBE_EVERY, _MOST_PROBE_EVERY = 32, 1024
 
 # A Triton model runs one of these; an in-process engine runs both.
 STAGES = frozenset({"encoder", "decoder"})
@@ -79,6 +82,7 @@ class SpeculativeWhisper:
                 self.assistant_encoder = WhisperEncoderRunner(models.assistant.model.encoder, self.turns)
         self._costs: PassCosts | None = None
         self._acceptance: dict[str, float] = {}  # by language, learnt while decoding
+        self._probe_every: dict[str, int] = {}  # by language, learnt while decoding
         if "decoder" in self.stages:
             self.main = WhisperDecoderRunner(
                 models.main.model.decoder, models.main.proj_out.weight, cuda_graphs=cuda_graphs
@@ -204,7 +208,7 @@ class SpeculativeWhisper:
             [self.tokens.prompt(lang, o.task) for lang, o in zip(languages, options, strict=True)]
         )
         limit = prompt.shape[1] + torch.tensor([o.max_new_tokens for o in options])
-        drafter = None
+        drafter, policy = None, None
         if speculative:
             assert self.assistant is not None
             own = states.assistant if states.assistant is not None else states.main
@@ -225,6 +229,8 @@ class SpeculativeWhisper:
         elapsed = time.perf_counter() - began
         if drafter is not None:
             self._learn_acceptance(languages, stats)
+        if isinstance(policy, CostModelPolicy):
+            self._learn_probing(languages, policy)
         for s in stats:
             s.decode_s = elapsed
         return [
@@ -236,10 +242,13 @@ class SpeculativeWhisper:
         self, batch: int, draft_length: int | None, adaptive: bool, languages: Sequence[str] = ()
     ) -> LengthPolicy:
         """How long each pass drafts: the cost model, or `draft_length` (+2/-1 when `adaptive`). The
-        cost model starts each row from the acceptance its language has had so far (`_acceptance`)."""
+        cost model starts each row from the acceptance its language has had so far (`_acceptance`)
+        and probes as often as its language's requests have found it worth (`_probe_every`)."""
         if draft_length is None:
             prior = [self._acceptance.get(language, _PRIOR) for language in languages] or _PRIOR
-            return CostModelPolicy(self.costs(), batch, prior=prior)
+            probing = [self._probe_every.get(language, _PROBE_EVERY) for language in languages]
+            probe_every = min(probing, default=_PROBE_EVERY)
+            return CostModelPolicy(self.costs(), batch, prior=prior, probe_every=probe_every)
         return DraftLengthPolicy(batch, draft_length, adaptive)
 
     def _learn_acceptance(self, languages: Sequence[str], stats: Sequence[DecodingStats]) -> None:
@@ -251,6 +260,19 @@ class SpeculativeWhisper:
                 rate = s.accepted / s.drafted
                 known = self._acceptance.get(language, rate)
                 self._acceptance[language] = known + 0.3 * (rate - known)
+
+    def _learn_probing(self, languages: Sequence[str], policy: CostModelPolicy) -> None:
+        """A language whose requests end without drafting probes half as often in the next (up to
+        `_MOST_PROBE_EVERY` plain passes); one whose request ended drafting is back to `_PROBE_EVERY`.
+        A probe first feeds the assistant every token since it last drafted (after 32 plain passes,
+        about two whisper-base passes' worth): with a probe in each request of 40-70 passes, FLEURS
+        decoded below plain where the assistant is rarely right (docs/benchmarks.md)."""
+        for language in set(languages):
+            if policy.stopped_drafting:
+                known = self._probe_every.get(language, _PROBE_EVERY)
+                self._probe_every[language] = min(2 * known, _MOST_PROBE_EVERY)
+            else:
+                self._probe_every[language] = _PROBE_EVERY
 
     def _detect_language(self, cache, batch: int) -> list[str]:
         """Whisper's language detection: the most likely language token after `<|startoftranscript|>`."""

@@ -291,3 +291,19 @@ def test_a_decision_not_to_draft_stands_for_a_few_passes(monkeypatch: pytest.Mon
     policy.keep(torch.tensor([1]))
     policy.current()
     assert len(decided) == 4
+
+
+def test_a_language_whose_requests_stop_drafting_probes_less_often(tiny) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])
+    rng = np.random.default_rng(3)
+    pcm = [(0.1 * rng.standard_normal(16000 * 4)).astype(np.float32)]
+    states = engine.encode(engine.log_mel(pcm))
+    engine._costs = _costs(1.0, 1.0)  # drafting never pays: requests end plain
+    for expected in (64, 128, 256):
+        engine.decode(states, [DecodingOptions(language="fr", max_new_tokens=20)])
+        assert engine._probe_every["fr"] == expected
+        assert engine.length_policy(1, None, False, ["fr"]).probe_every == expected
+    assert engine.length_policy(2, None, False, ["fr", "en"]).probe_every == 32  # the batch's least
+    engine._costs = _costs(0.0, 0.01)  # drafting pays: the request ends drafting
+    engine.decode(states, [DecodingOptions(language="fr", max_new_tokens=20)])
+    assert engine._probe_every["fr"] == 32
