@@ -230,7 +230,7 @@ class SpeculativeWhisper:
         if drafter is not None:
             self._learn_acceptance(languages, stats)
         if isinstance(policy, CostModelPolicy):
-            self._learn_probing(languages, policy)
+            self._learn_probing(languages, policy, stats)
         for s in stats:
             s.decode_s = elapsed
         return [
@@ -261,18 +261,25 @@ class SpeculativeWhisper:
                 known = self._acceptance.get(language, rate)
                 self._acceptance[language] = known + 0.3 * (rate - known)
 
-    def _learn_probing(self, languages: Sequence[str], policy: CostModelPolicy) -> None:
-        """A language whose requests end without drafting probes half as often in the next (up to
-        `_MOST_PROBE_EVERY` plain passes); one whose request ended drafting is back to `_PROBE_EVERY`.
-        A probe first feeds the assistant every token since it last drafted (after 32 plain passes,
-        about two whisper-base passes' worth): with a probe in each request of 40-70 passes, FLEURS
-        decoded below plain where the assistant is rarely right (docs/benchmarks.md)."""
+    def _learn_probing(
+        self, languages: Sequence[str], policy: CostModelPolicy, stats: Sequence[DecodingStats]
+    ) -> None:
+        """A language whose request ended without drafting, its drafts mostly rejected, probes half as
+        often in the next (up to `_MOST_PROBE_EVERY` plain passes); one whose request ended drafting
+        is back to `_PROBE_EVERY`. A probe first feeds the assistant every token since it last drafted
+        (after 32 plain passes, about two whisper-base passes' worth): with a probe in each request of
+        40-70 passes, FLEURS decoded below plain where the assistant is rarely right
+        (docs/benchmarks.md). Drafts that were right say the prices stopped the drafting, not the
+        assistant: probing goes on as often as before."""
         for language in set(languages):
-            if policy.stopped_drafting:
+            if not policy.stopped_drafting:
+                self._probe_every[language] = _PROBE_EVERY
+                continue
+            mine = [s for lang, s in zip(languages, stats, strict=True) if lang == language]
+            drafted, accepted = sum(s.drafted for s in mine), sum(s.accepted for s in mine)
+            if drafted and accepted < drafted / 2:
                 known = self._probe_every.get(language, _PROBE_EVERY)
                 self._probe_every[language] = min(2 * known, _MOST_PROBE_EVERY)
-            else:
-                self._probe_every[language] = _PROBE_EVERY
 
     def _detect_language(self, cache, batch: int) -> list[str]:
         """Whisper's language detection: the most likely language token after `<|startoftranscript|>`."""

@@ -293,17 +293,27 @@ def test_a_decision_not_to_draft_stands_for_a_few_passes(monkeypatch: pytest.Mon
     assert len(decided) == 4
 
 
-def test_a_language_whose_requests_stop_drafting_probes_less_often(tiny) -> None:
-    engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])
+def test_a_language_whose_drafts_are_rejected_probes_less_often(tiny) -> None:
     rng = np.random.default_rng(3)
     pcm = [(0.1 * rng.standard_normal(16000 * 4)).astype(np.float32)]
+    fr = [DecodingOptions(language="fr", max_new_tokens=20)]
+    # A random assistant: drafting pays on the prior, its drafts are rejected, the requests end plain.
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["decoder_only"])
+    engine._costs = _costs(0.0, 0.5)
     states = engine.encode(engine.log_mel(pcm))
-    engine._costs = _costs(1.0, 1.0)  # drafting never pays: requests end plain
     for expected in (64, 128, 256):
-        engine.decode(states, [DecodingOptions(language="fr", max_new_tokens=20)])
+        engine._acceptance.clear()  # each request drafts on the prior, and learns it is wrong
+        (result,) = engine.decode(states, fr)
+        assert result.stats.drafted > 2 * result.stats.accepted
         assert engine._probe_every["fr"] == expected
         assert engine.length_policy(1, None, False, ["fr"]).probe_every == expected
     assert engine.length_policy(2, None, False, ["fr", "en"]).probe_every == 32  # the batch's least
+    # The main model as its own assistant: a request that ends drafting probes as often as at first.
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])
+    engine._probe_every["fr"] = 256
+    engine._costs = _costs(1.0, 1.0)  # no drafts at all: nothing learnt about probing
+    engine.decode(states, fr)
+    assert engine._probe_every["fr"] == 256
     engine._costs = _costs(0.0, 0.01)  # drafting pays: the request ends drafting
-    engine.decode(states, [DecodingOptions(language="fr", max_new_tokens=20)])
+    engine.decode(states, fr)
     assert engine._probe_every["fr"] == 32
