@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import WhisperForConditionalGeneration
 
+from spec_whisper import drafters
 from spec_whisper.decoder import WhisperDecoderRunner, compaction_order, shared_cross_attention
 from spec_whisper.drafters import DraftLengthPolicy
 from spec_whisper.engine import SpeculativeWhisper
@@ -323,3 +324,44 @@ def test_cost_model_drafts_on_while_the_assistant_is_sure(tiny, noise) -> None:
     sure = engine.decode(states, options)
     assert [r.tokens for r in sure] == [r.tokens for r in plain]
     assert all(r.stats.drafted > 2 * r.stats.main_passes for r in sure)
+
+
+class _PlainThenDrafting:
+    """A length policy that decodes plainly for `plain` passes, then drafts 2 tokens a pass, and keeps
+    the pass times it is handed."""
+
+    def __init__(self, plain: int) -> None:
+        self.plain, self.timed = plain, []
+
+    def current(self) -> int:
+        self.plain -= 1
+        return 0 if self.plain >= 0 else 2
+
+    def extend(self, drafted: int, chain: list[float], expected: float) -> bool:
+        return drafted < 2
+
+    def observe(self, n_accepted, k: int, timed=None) -> None:
+        self.timed.append((k, timed))
+
+    def keep(self, rows) -> None:
+        pass
+
+
+def test_catching_up_after_plain_passes_is_left_out_of_the_drafting_price(tiny, noise, monkeypatch) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])
+    policy = _PlainThenDrafting(plain=6)
+    monkeypatch.setattr(engine, "length_policy", lambda *args: policy)
+    raw = []
+    observe = drafters.AssistantDrafter.observe
+
+    def spy(self, n_accepted, k, timed=None):
+        raw.append((timed, self._catch_up_s))
+        return observe(self, n_accepted, k, timed)
+
+    monkeypatch.setattr(drafters.AssistantDrafter, "observe", spy)
+    tokens = _decode(engine, noise[:1], max_new=[30])
+    assert tokens == _decode(engine, noise[:1], speculative=False, max_new=[30])
+    drafting = [(r, c, t) for (r, c), (k, t) in zip(raw, policy.timed, strict=True) if k]
+    (first_raw, caught_up, first), *steady = drafting
+    assert caught_up > 0 and first.draft_s == pytest.approx(first_raw.draft_s - caught_up)
+    assert steady and all(c == 0 and t.draft_s == r.draft_s for r, c, t in steady)
