@@ -191,8 +191,8 @@ def cost_model(engine: SpeculativeWhisper, timing: dict[str, float], draft_ms: f
     states = torch.randn(1, 1500, engine.main.d_model)
     verify_ms = step_ms(engine.main, states, width)
     predicted = tokens_per_pass * main_ms / (verify_ms + drafts_per_pass * draft_ms)
-    # The same prices as the engine has learnt them from the passes it ran (`LiveCosts`): the main
-    # pass evicts the assistant from the caches, and each step carries its filters and policy.
+    # The same prices as the engine has learnt them from the passes it ran (`LiveCosts`): the first
+    # step of a pass finds the assistant cold, and each step carries its filters and policy.
     live = engine.costs()
     step = live.verify_s(1, 1)
     drafts = max(1, round(drafts_per_pass))

@@ -11,7 +11,7 @@
 3. The assistant's cross-attention over its bf16 copy of the main model's keys and values against
    the fp32 originals, with the kernel: its mean draft step while decoding the clips at a fixed draft
    length of 3 (the same steps either way), the two taking turns clip by clip. In place, a draft step
-   follows a main pass that has evicted the assistant's weights and keys from the caches.
+   follows a main pass, after which the assistant's weights and keys are cold.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ falls back to above `max_rows` positions per call.
 
 A main pass of 1, 2, 4 and 6 tokens per row (the screened head and the logit filters included) with
 each way of computing the layers' products, and an assistant draft step right after a main pass (which
-has evicted the assistant's weights from the caches, as in decoding), best of the rounds. The ways take
+has left the assistant cold, as in decoding), best of the rounds. The ways take
 turns round by round so that a slow spell of this shared machine lands on all of them. Every way must
 choose the same greedy tokens; the few-row kernel's ways must agree to the bit.
 """
@@ -90,7 +90,7 @@ def main_table(engine, hf_main, pcm, batches: list[int], rounds: int) -> list[st
                 draft = partial(assistant.draft, step, start, own, mask)
                 spent = float("inf")
                 for _ in range(3):
-                    main.greedy(passes[4], start, cache, mask, 4)  # evicts the assistant, as decoding does
+                    main.greedy(passes[4], start, cache, mask, 4)  # the assistant goes cold, as in decoding
                     spent = min(spent, best_ms(draft, 1, warm_up=False))
                 times[way, 0] = min(times[way, 0], spent)
         set_products(main, hf_main.layers, MAIN_WAYS["few-row fp16"], None)

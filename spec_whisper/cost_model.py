@@ -10,8 +10,10 @@ down to `k = 0`, which is plain greedy decoding. Once drafting, the choice is ma
 every draft (`best_extension`), now knowing how sure the assistant was of the tokens so far.
 
 The start-up timing runs each pass shape alone, on random encoder states, once; an assistant step
-both right after the main passes and right after another step, since the main pass evicts the
-assistant's weights and keys from the CPU's caches and only the first draft of a pass pays for that.
+both right after the main passes and right after another step, since only the first draft of a pass
+pays for the time since the assistant last ran (its weights and keys gone cold: on this shared machine
+a draft step costs as much more after a few milliseconds idle as after a main pass, and the first
+step follows one; `scripts/bench_draft_gap.py`).
 In place the passes cost more (a draft step carries the logit filters and the policy), and a shared
 machine's speed drifts after the timing (a table timed on another day put the
 assistant's step at 0.158 of a main step instead of 0.23). So `LiveCosts` keeps the table's shape
@@ -68,8 +70,8 @@ class PassTime:
 class DecoderCosts:
     """Seconds per pass: `verify[i, j]` for BATCHES[i] rows x TOKENS[j] tokens through the main decoder
     (states and greedy head), `draft[i]` for one assistant step of BATCHES[i] rows right after another,
-    and `first_extra[i]` what the first step of a pass costs on top: the main pass before it has
-    evicted the assistant's weights and keys from the CPU's caches. Drafting `k` tokens costs
+    and `first_extra[i]` what the first step of a pass costs on top, a main pass after the last step
+    (the assistant's weights and keys have gone cold meanwhile). Drafting `k` tokens costs
     `first_extra + k * draft`."""
 
     verify: np.ndarray
@@ -334,8 +336,8 @@ def expected_tokens(
     probability `acceptance[b]`; `base` is what the pass commits so far (the batch size before
     drafting: every row gets the main model's own token).
 
-    Plain Python floats: the policy asks after every draft, right after a main pass has evicted the
-    interpreter's working set from the caches, where each array operator costs 5-40 us."""
+    Plain Python floats: the policy asks after every draft, with the interpreter's working set cold
+    after a main pass, where each array operator costs 5-40 us."""
     rates = [float(a) for a in acceptance]
     weights = [1.0] * len(rates) if chain is None else [float(c) for c in chain]
     tokens = [float(len(rates)) if base is None else float(base)]

@@ -6,8 +6,8 @@ queries of a pass, where PyTorch's CPU attention packs blocks of keys once a pas
 3 queries 11.1 ms against 23.8 ms; docs/benchmarks.md). For self-attention each query stops at its
 own position, where PyTorch's needs a mask built for the pass, and the kernel writes the pass's keys
 and values into the cache itself. Both take and give the heads merged, as the projections around
-them do: one call per attention where PyTorch took about ten operators, each costing 5-40 us right
-after a main pass has evicted them from the caches.
+them do: one call per attention where PyTorch took about ten operators, each costing 5-40 us in
+place, where a main pass has left them cold.
 
 The encoder's self-attention kernel (`csrc/encoder_attention.cpp`) keeps blocks of queries in
 registers against keys held in cache, from the fused projection's output to the output projection's

@@ -11,8 +11,8 @@
 //
 // Both take and give the heads merged, as the projections around them do, and self-attention
 // writes the pass's keys and values into the cache itself: one call per attention instead of about
-// ten PyTorch operators, each of which costs 5-40 us right after a main pass has evicted them from
-// the caches (more than the arithmetic of a draft step's attention).
+// ten PyTorch operators, each of which costs 5-40 us in place, cold after a main pass (more than the
+// arithmetic of a draft step's attention).
 //
 // A query's result does not depend on how many queries share the call: the same query gives the
 // same bits in a 1-token greedy pass and in a verify pass, which exactness relies on.

@@ -14,8 +14,7 @@
 //
 // A main model's weights are read once per pass and never fit in the caches: with `stream` they are
 // prefetched ahead as non-temporal data (passes of up to 4 rows, which read each block once), which
-// made whisper-base's passes about 6% faster here and disturbs less of what the assistant keeps in
-// the caches between its steps.
+// made whisper-base's passes about 6% faster here.
 //
 // Every output is summed the same way whatever the rows beside it: chunks of 64 terms in order, one
 // fused multiply-add each, chunk sums added in order, then the bias. A row gets the same bits in a
