@@ -59,6 +59,7 @@ def set_products(
         layer.fc1, layer.fc2 = make(hf.fc1.weight, hf.fc1.bias), make(hf.fc2.weight, hf.fc2.bias)
     if head_rows is not None:
         runner.head.linear = make(head_rows, None)
+    runner.fuse_layers()  # the fused layers hold their own products: one call per layer only for few-row ones
 
 
 @torch.inference_mode()

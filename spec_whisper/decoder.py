@@ -205,11 +205,16 @@ class WhisperDecoderRunner:
             )
             for lay, source in zip(hf_decoder.layers, self.cross_from, strict=True)
         ]
-        self.fused = _fused_layers(self.layers, self.head_dim)
+        self.fuse_layers()
         on_gpu = cuda_graphs and self.device.type == "cuda"
         self.graphs = GraphedPasses(self.fixed_shape_states, self.device) if on_gpu else None
         if self.device.type == "cpu" and self.dtype == torch.float32:
             kernels_available()  # built (or found built) now rather than during the first request
+
+    def fuse_layers(self) -> None:
+        """Run each layer's pass as one kernel call where the layers' products allow it (again after
+        a benchmark swaps them)."""
+        self.fused = _fused_layers(self.layers, self.head_dim)
 
     @property
     def dtype(self) -> torch.dtype:

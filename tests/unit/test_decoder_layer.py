@@ -7,7 +7,7 @@ import torch
 from transformers import WhisperConfig, WhisperForCausalLM
 
 from spec_whisper.decoder import WhisperDecoderRunner, compaction_order
-from spec_whisper.linear import FewRowsLinear
+from spec_whisper.linear import FastLinear, FewRowsLinear
 
 WIDTH, FRAMES = 128, 50  # two heads of 64, as every Whisper size has
 
@@ -108,3 +108,11 @@ def test_a_compacted_cache_takes_the_fused_path_and_the_same_bits() -> None:
         new, at = tokens[order, :2], torch.full((2,), 6)
         fused, plain = _fused_then_plain(runner, lambda: runner.states(new, at, _clone(kept)))
     assert torch.equal(fused, plain)
+
+
+def test_layers_with_other_products_take_the_operator_path() -> None:
+    runner = _runner(int8=False)
+    hf = _decoder().model.decoder.layers[1]
+    runner.layers[1].fc2 = FastLinear(hf.fc2.weight, hf.fc2.bias)  # as a benchmark swaps products
+    runner.fuse_layers()
+    assert runner.fused is None
