@@ -330,10 +330,12 @@ def _fused_layers(layers: list[_Layer], head_dim: int) -> list | None:
 
 
 def _fits_fused(cache: DecoderCache, start: Tensor) -> bool:
-    """The fused layers' kernels take contiguous caches (a compacted cache's are) and host positions."""
+    """The fused layers' kernels take each layer's caches contiguous and the positions on the host. A
+    compacted cache keeps fewer rows of every layer: the layers' slices are still contiguous (their
+    strides are those of layer 0's), the tensor of all layers is not."""
     return (
         start.device.type == "cpu"
-        and cache.self_k.is_contiguous()
-        and cache.self_v.is_contiguous()
+        and cache.self_k[0].is_contiguous()
+        and cache.self_v[0].is_contiguous()
         and all(t.is_contiguous() for t in (*cache.cross_k, *cache.cross_v))
     )
