@@ -25,7 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_engine import english_clips, in_place, in_place_arguments, record  # scripts/, beside this file
+from bench_engine import (  # scripts/, beside this file
+    best_ms,
+    english_clips,
+    in_place,
+    in_place_arguments,
+    record,
+)
 
 from spec_whisper.engine import SpeculativeWhisper
 
@@ -42,9 +48,7 @@ def idle(seconds: float) -> None:
 def after(before: Callable[[], object], step: Callable[[], object]) -> float:
     """Milliseconds of one `step` right after `before`."""
     before()
-    began = time.perf_counter()
-    step()
-    return (time.perf_counter() - began) * 1e3
+    return best_ms(step, 1, warm_up=False)
 
 
 def main() -> None:

@@ -89,26 +89,27 @@ class DecoderCosts:
     _looked_up: dict[tuple, float] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def verify_s(self, batch: int, tokens: int) -> float:
-        key = ("verify", batch, tokens)
-        if key not in self._looked_up:
-            per_row = np.array([np.interp(tokens, TOKENS, row) for row in self.verify]) / BATCHES
-            self._looked_up[key] = float(np.interp(batch, BATCHES, per_row) * batch)
-        return self._looked_up[key]
+        def per_batch() -> np.ndarray:
+            return np.array([np.interp(tokens, TOKENS, row) for row in self.verify])
+
+        return self._at_batch(batch, ("verify", tokens), per_batch)
 
     def draft_s(self, batch: int) -> float:
-        key = ("draft", batch)
-        if key not in self._looked_up:
-            self._looked_up[key] = float(np.interp(batch, BATCHES, self.draft / BATCHES) * batch)
-        return self._looked_up[key]
+        return self._at_batch(batch, ("draft",), lambda: self.draft)
 
     def drafting_s(self, batch: int, drafts: int) -> float:
         """Seconds of `drafts` assistant steps of one pass, its first included."""
         if drafts == 0:
             return 0.0
-        key = ("first", batch)
+        return self._at_batch(batch, ("first",), lambda: self.first_extra) + drafts * self.draft_s(batch)
+
+    def _at_batch(self, batch: int, price: tuple, per_batch: Callable[[], np.ndarray]) -> float:
+        """`price` at `batch` rows from `per_batch()`, its seconds for each of BATCHES, interpolated per
+        row the first time it is asked for."""
+        key = (*price, batch)
         if key not in self._looked_up:
-            self._looked_up[key] = float(np.interp(batch, BATCHES, self.first_extra / BATCHES) * batch)
-        return self._looked_up[key] + drafts * self.draft_s(batch)
+            self._looked_up[key] = float(np.interp(batch, BATCHES, per_batch() / BATCHES) * batch)
+        return self._looked_up[key]
 
     def pass_s(self, batch: int, maximum: int) -> np.ndarray:
         """Seconds of one verify pass of `batch` rows with k = 0..maximum drafts, drafting included."""

@@ -15,9 +15,22 @@ from torch import Tensor
 from .cost_model import PassCosts, PassTime, best_draft_length, best_extension
 from .decoder import DecoderCache, Head, WhisperDecoderRunner
 
-__all__ = ["MAX_DRAFT", "AssistantDrafter", "CostModelPolicy", "DraftLengthPolicy", "Drafter", "LengthPolicy"]
+__all__ = [
+    "MAX_DRAFT",
+    "PRIOR",
+    "PROBE_EVERY",
+    "AssistantDrafter",
+    "CostModelPolicy",
+    "DraftLengthPolicy",
+    "Drafter",
+    "LengthPolicy",
+]
 
 MAX_DRAFT = 16
+# A row's draft acceptance before anything is known of it, and the plain passes in a row after which a
+# policy that stopped drafting probes with one draft: `CostModelPolicy`'s defaults, which the engine
+# starts from before it has learnt better per language.
+PRIOR, PROBE_EVERY = 0.7, 32
 # Tokens an assistant catches up on before drafting while it drafts every pass: the main model's own
 # token, and before it the last draft when every draft was accepted.
 _STEADY_WIDTH = 2
@@ -108,10 +121,10 @@ class CostModelPolicy:
         self,
         costs: PassCosts,
         batch: int,
-        prior: float | Sequence[float] = 0.7,
+        prior: float | Sequence[float] = PRIOR,
         prior_weight: float = 4.0,
         maximum: int = MAX_DRAFT,
-        probe_every: int = 32,
+        probe_every: int = PROBE_EVERY,
         check_every: int = 32,
         rest: int = 8,
     ) -> None:
@@ -219,7 +232,7 @@ class AssistantDrafter:
             i = len(drafts)
             mask = partial(filters, offset=i)
             tokens, probability = self.runner.draft(tokens, start, self.cache, mask, self.head)
-            if not drafts:  # the first step pays for the caches the main pass emptied: priced apart
+            if not drafts:  # the first step pays for the time since the assistant last ran: priced apart
                 self._first_s = time.perf_counter() - began - self._catch_up_s
             drafts.append(tokens)
             start = length + i

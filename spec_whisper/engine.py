@@ -16,7 +16,7 @@ from .core_turns import CoreTurns
 from .cost_model import DecoderCosts, LiveCosts, PassCosts
 from .cpu_kernels import kernels_available
 from .decoder import WhisperDecoderRunner, shared_cross_attention
-from .drafters import AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
+from .drafters import PRIOR, PROBE_EVERY, AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
 from .encoder import WhisperEncoderRunner
 from .features import LogMelSpectrogram
 from .loading import AssistantEncoder, LoadedModels, load_models
@@ -27,11 +27,9 @@ from .types import DecodingOptions, DecodingStats, Transcription
 
 __all__ = ["STAGES", "EncoderStates", "SpeculativeWhisper"]
 
-# A row's draft acceptance before anything is known of its language (the cost model's prior).
-_PRIOR = 0.7
-# Plain passes in a row before a request that stopped drafting probes with one draft: at first, and
-# at most after its language's requests kept ending without drafting (`_learn_probing`).
-_PROBE_EVERY, _MOST_PROBE_EVERY = 32, 1024
+# The most plain passes in a row before a request that stopped drafting probes with one draft, after
+# its language's requests kept ending without drafting (`_learn_probing`; at first `PROBE_EVERY`).
+_MOST_PROBE_EVERY = 1024
 
 # A Triton model runs one of these; an in-process engine runs both.
 STAGES = frozenset({"encoder", "decoder"})
@@ -245,9 +243,9 @@ class SpeculativeWhisper:
         cost model starts each row from the acceptance its language has had so far (`_acceptance`)
         and probes as often as its language's requests have found it worth (`_probe_every`)."""
         if draft_length is None:
-            prior = [self._acceptance.get(language, _PRIOR) for language in languages] or _PRIOR
-            probing = [self._probe_every.get(language, _PROBE_EVERY) for language in languages]
-            probe_every = min(probing, default=_PROBE_EVERY)
+            prior = [self._acceptance.get(language, PRIOR) for language in languages] or PRIOR
+            probing = [self._probe_every.get(language, PROBE_EVERY) for language in languages]
+            probe_every = min(probing, default=PROBE_EVERY)
             return CostModelPolicy(self.costs(), batch, prior=prior, probe_every=probe_every)
         return DraftLengthPolicy(batch, draft_length, adaptive)
 
@@ -266,19 +264,19 @@ class SpeculativeWhisper:
     ) -> None:
         """A language whose request ended without drafting, its drafts mostly rejected, probes half as
         often in the next (up to `_MOST_PROBE_EVERY` plain passes); one whose request ended drafting
-        is back to `_PROBE_EVERY`. A probe first feeds the assistant every token since it last drafted
+        is back to `PROBE_EVERY`. A probe first feeds the assistant every token since it last drafted
         (after 32 plain passes, about two whisper-base passes' worth): with a probe in each request of
         40-70 passes, FLEURS decoded below plain where the assistant is rarely right
         (docs/benchmarks.md). Drafts that were right say the prices stopped the drafting, not the
         assistant: probing goes on as often as before."""
         for language in set(languages):
             if not policy.stopped_drafting:
-                self._probe_every[language] = _PROBE_EVERY
+                self._probe_every[language] = PROBE_EVERY
                 continue
             mine = [s for lang, s in zip(languages, stats, strict=True) if lang == language]
             drafted, accepted = sum(s.drafted for s in mine), sum(s.accepted for s in mine)
             if drafted and accepted < drafted / 2:
-                known = self._probe_every.get(language, _PROBE_EVERY)
+                known = self._probe_every.get(language, PROBE_EVERY)
                 self._probe_every[language] = min(2 * known, _MOST_PROBE_EVERY)
 
     def _detect_language(self, cache, batch: int) -> list[str]:
