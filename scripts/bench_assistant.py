@@ -158,7 +158,7 @@ def time_decoding(
         totals["speculative_shared_s"] = 0.0
     mismatches = 0
     for clip, lang in zip(pcm, languages, strict=True):
-        states = engine.encode(engine.log_mel([clip]))
+        states = engine.encode_pcm([clip])
         best = dict.fromkeys(modes, float("inf"))
         outputs = {}
         for _ in range(repeats):

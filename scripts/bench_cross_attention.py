@@ -128,7 +128,7 @@ def narrow_table(
     assistant.draft = timed_draft
     for batch in batches:
         chunks = [pcm[i : i + batch] for i in range(0, len(pcm) - batch + 1, batch)]
-        encoded = [engine.encode(engine.log_mel(chunk)) for chunk in chunks]
+        encoded = [engine.encode_pcm(chunk) for chunk in chunks]
         options = [DecodingOptions(language="en", draft_length=3)] * batch
         for _ in range(rounds):
             for states in encoded:

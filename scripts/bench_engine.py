@@ -76,7 +76,7 @@ def step_costs(engine: SpeculativeWhisper, pcm: np.ndarray, bandwidth: float) ->
     runs it), one assistant step, and the bandwidth bounds they are judged by. The steps continue the
     clip's own transcript: the head's cost depends on how decisive the logits are."""
     main = engine.main
-    states = engine.encode(engine.log_mel([pcm]))
+    states = engine.encode_pcm([pcm])
     text = engine.decode(states, [DecodingOptions(language="en", speculative=False)])[0].tokens
     context = torch.tensor([engine.tokens.prompt("en", "transcribe") + text])
     cache = main.new_cache(states.main)
@@ -100,7 +100,7 @@ def step_costs(engine: SpeculativeWhisper, pcm: np.ndarray, bandwidth: float) ->
     cross_bytes = sum(k[:1].numel() for k in cache.cross_k) * 4 * 2
     if engine.assistant is not None:
         own = states.assistant if states.assistant is not None else states.main
-        a_cache = engine.assistant.new_cache(own, cache)
+        a_cache = engine.assistant.new_cache(own, cache, engine.assistant_frames(states))
         engine.assistant.states(context, torch.tensor([0]), a_cache)
         runs["draft_step_ms"] = step(engine.assistant, a_cache, 1)
     # Best of rounds, the shapes taking turns: the bandwidth a step is judged by is a best as well,
@@ -131,7 +131,7 @@ def run_ours(engine: SpeculativeWhisper, chunk: list[np.ndarray], run: Run, **op
     t0 = time.perf_counter()
     mel = engine.log_mel(chunk)
     t1 = time.perf_counter()
-    states = engine.encode(mel)
+    states = engine.encode(mel, [len(c) for c in chunk])
     synchronize()
     t2 = time.perf_counter()
     results = engine.decode(states, [options] * len(chunk))
@@ -325,7 +325,7 @@ def in_place(
     """`InPlace` for these clips (one row each), with `ahead` transcript tokens to feed; `wide_cross`:
     the assistant reads fp32 cross-attention keys and values instead of its narrower copy."""
     batch, main, assistant = len(pcm), engine.main, engine.assistant
-    states = engine.encode(engine.log_mel(pcm))
+    states = engine.encode_pcm(pcm)
     options = [DecodingOptions(language="en", speculative=False)] * batch
     texts = [t.tokens for t in engine.decode(states, options)]
     prompt = engine.tokens.prompt("en", "transcribe")
@@ -337,7 +337,7 @@ def in_place(
     narrow = assistant.cross_dtype
     if wide_cross:
         assistant.cross_dtype = torch.float32
-    own = assistant.new_cache(states.main, cache)
+    own = assistant.new_cache(states.main, cache, engine.assistant_frames(states))
     assistant.cross_dtype = narrow
     assistant.states(tokens[:, :first], at_zero, own)
     mask = partial(filters_at, engine, context)

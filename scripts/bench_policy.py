@@ -154,7 +154,7 @@ def main() -> None:
     ]
     for batch in args.batch:
         chunks = [pcm[i : i + batch] for i in range(0, len(pcm), batch)]
-        states = [engine.encode(engine.log_mel(chunk)) for chunk in chunks]
+        states = [engine.encode_pcm(chunk) for chunk in chunks]
         tallies = {name: Tally() for name in POLICIES}
         options = {
             name: DecodingOptions(language="en", speculative=speculative, draft_length=draft_length)

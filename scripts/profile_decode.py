@@ -84,7 +84,7 @@ def main() -> None:
     with torch.inference_mode():
         for batch in args.batch:
             groups = [pcm[i : i + batch] for i in range(0, len(pcm), batch)]
-            encoded = [whisper.encode(whisper.log_mel(group)) for group in groups]
+            encoded = [whisper.encode_pcm(group) for group in groups]
             tokens = {}
             for speculative in (False, True):
                 seconds.clear()

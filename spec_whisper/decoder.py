@@ -227,9 +227,13 @@ class WhisperDecoderRunner:
     def _heads(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
-    def new_cache(self, encoder_states: Tensor, main_cache: DecoderCache | None = None) -> DecoderCache:
+    def new_cache(
+        self, encoder_states: Tensor, main_cache: DecoderCache | None = None, frames: int | None = None
+    ) -> DecoderCache:
         """Allocate the self-attention cache and compute cross-attention keys/values once; layers
-        with a `cross_from` source take the main decoder's from `main_cache` instead."""
+        with a `cross_from` source take the main decoder's from `main_cache` instead. `frames`: attend
+        over the first encoder frames only (an assistant's drafts need not be exact; see the engine)."""
+        encoder_states = encoder_states[:, :frames]
         batch = encoder_states.shape[0]
         n = len(self.layers)
         shape = (n, batch, self.num_heads, self.max_positions, self.head_dim)
@@ -240,8 +244,15 @@ class WhisperDecoderRunner:
             if source is not None:
                 if main_cache is None:
                     raise ValueError("this decoder reads the main decoder's cross-attention cache: pass it")
-                cross_k.append(main_cache.cross_k[source].to(self.cross_dtype))  # a copy only if narrower
-                cross_v.append(main_cache.cross_v[source].to(self.cross_dtype))
+                for mine, theirs in (
+                    (cross_k, main_cache.cross_k[source]),
+                    (cross_v, main_cache.cross_v[source]),
+                ):
+                    if frames is not None:
+                        theirs = theirs[:, :, :frames]
+                    mine.append(
+                        theirs.to(self.cross_dtype).contiguous()
+                    )  # a copy only if narrower or trimmed
                 continue
             k, v = layer.cross_kv(states).chunk(2, dim=-1)
             cross_k.append(self._heads(k).to(self.cross_dtype).contiguous())

@@ -18,7 +18,7 @@ from .cpu_kernels import kernels_available
 from .decoder import WhisperDecoderRunner, shared_cross_attention
 from .drafters import PRIOR, PROBE_EVERY, AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
 from .encoder import WhisperEncoderRunner
-from .features import LogMelSpectrogram
+from .features import HOP_LENGTH, N_FRAMES, LogMelSpectrogram
 from .loading import AssistantEncoder, LoadedModels, load_models
 from .logit_filters import LogitFilter, SuppressAtBegin, SuppressTokens
 from .speculative import DecodeRequest, generate
@@ -31,6 +31,12 @@ __all__ = ["STAGES", "EncoderStates", "SpeculativeWhisper"]
 # its language's requests kept ending without drafting (`_learn_probing`; at first `PROBE_EVERY`).
 _MOST_PROBE_EVERY = 1024
 
+# Encoder frames past a window's audio that the assistant still attends to (2 s). A 2-layer draft step
+# reads its cross-attention keys and values over all 1,500 frames of a 30 s window, more bytes than its
+# weights; a 10 s clip's step over the frames of its audio costs about a fifth less, its drafts just as
+# often right (docs/benchmarks.md). The main model attends to every frame: its tokens stay exact.
+_ASSISTANT_FRAMES_PAST_AUDIO = 100
+
 # A Triton model runs one of these; an in-process engine runs both.
 STAGES = frozenset({"encoder", "decoder"})
 
@@ -39,10 +45,12 @@ STAGES = frozenset({"encoder", "decoder"})
 class EncoderStates:
     main: Tensor  # [B, frames, d_model] from the main encoder
     assistant: Tensor | None = None  # [B, frames, d_assistant], only for an assistant with its own encoder
+    samples: Tensor | None = None  # [B] audio samples in each row's window (the rest is padding), if known
 
     def rows(self, index: Tensor) -> EncoderStates:
         own = None if self.assistant is None else self.assistant[index]
-        return EncoderStates(self.main[index], own)
+        samples = None if self.samples is None else self.samples[index.cpu()]
+        return EncoderStates(self.main[index], own, samples)
 
 
 class SpeculativeWhisper:
@@ -148,14 +156,20 @@ class SpeculativeWhisper:
         """`[B, n_mels, 3000]` features of 16 kHz clips of at most 30 s each."""
         return self.features.from_pcm(list(pcm)).to(self.device)
 
+    def encode_pcm(self, pcm: Sequence[np.ndarray]) -> EncoderStates:
+        """`encode` 16 kHz clips of at most 30 s each."""
+        return self.encode(self.log_mel(pcm), [len(x) for x in pcm])
+
     @torch.inference_mode()
-    def encode(self, mel: Tensor) -> EncoderStates:
+    def encode(self, mel: Tensor, samples: Sequence[int] | None = None) -> EncoderStates:
+        """`samples`: each window's audio samples before its padding, which lets the assistant skip
+        attending to most of the padding."""
         if self.main_encoder is None:
             raise RuntimeError("this engine was loaded without its encoder stage")
         mel = mel.to(self.device, self.models.main.dtype)
         states = self.main_encoder(mel)
         own = None if self.assistant_encoder is None else self.assistant_encoder(mel)
-        return EncoderStates(states, own)
+        return EncoderStates(states, own, None if samples is None else torch.tensor(samples))
 
     @torch.inference_mode()
     def decode(self, states: EncoderStates, options: Sequence[DecodingOptions]) -> list[Transcription]:
@@ -212,7 +226,7 @@ class SpeculativeWhisper:
             own = states.assistant if states.assistant is not None else states.main
             policy = self.length_policy(batch, draft_length, adaptive, languages)
             with self.turns():
-                assistant_cache = self.assistant.new_cache(own, cache)
+                assistant_cache = self.assistant.new_cache(own, cache, self.assistant_frames(states))
             head = self.assistant.head_for(languages)
             drafter = AssistantDrafter(self.assistant, assistant_cache, policy, head)
         tokens, stats = generate(
@@ -235,6 +249,16 @@ class SpeculativeWhisper:
             Transcription(self.text(t), t, lang, s)
             for t, lang, s in zip(tokens, languages, stats, strict=True)
         ]
+
+    def assistant_frames(self, states: EncoderStates) -> int | None:
+        """The encoder frames the assistant attends to: the batch's audio and 2 s past it, on a CPU,
+        where a draft step costs the bytes it reads (a GPU's graphed step costs its launches)."""
+        if states.samples is None or self.device.type != "cpu":
+            return None
+        frames = states.main.shape[1]
+        samples_per_frame = HOP_LENGTH * N_FRAMES // frames  # 320: the encoder halves the mel frames
+        audio = -(-int(states.samples.max()) // samples_per_frame)
+        return min(audio + _ASSISTANT_FRAMES_PAST_AUDIO, frames)
 
     def length_policy(
         self, batch: int, draft_length: int | None, adaptive: bool, languages: Sequence[str] = ()
@@ -303,7 +327,7 @@ class SpeculativeWhisper:
         began = time.perf_counter()
         mel = self.log_mel(pcm)
         featured = time.perf_counter()
-        states = self.encode(mel)
+        states = self.encode(mel, [len(x) for x in pcm])
         encoded = time.perf_counter()
         results = self.decode(states, options)
         for r in results:

@@ -186,7 +186,8 @@ def request_rows(
 def _decode_batch(engine: SpeculativeWhisper, batch: Sequence[RequestRows]) -> list[list[Transcription]]:
     own = None if batch[0].assistant is None else torch.cat([r.assistant for r in batch])  # type: ignore[misc]
     # The one copy on the decoder side: the requests' windows become one batch for the engine.
-    states = EncoderStates(torch.cat([r.main for r in batch]), own)
+    samples = torch.tensor([w.end - w.start for r in batch for w in r.windows])
+    states = EncoderStates(torch.cat([r.main for r in batch]), own, samples)
     results = engine.decode(states, [r.options for r in batch for _ in r.windows])
     bounds = np.cumsum([0] + [len(r.windows) for r in batch]).tolist()
     return [results[a:b] for a, b in itertools.pairwise(bounds)]

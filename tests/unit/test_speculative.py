@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def noise() -> list[np.ndarray]:
 def _decode(
     engine: SpeculativeWhisper, pcm: list[np.ndarray], language: str = "en", **options
 ) -> list[list[int]]:
-    states = engine.encode(engine.log_mel(pcm))
+    states = engine.encode_pcm(pcm)
     max_new = options.pop("max_new", [30] * len(pcm))
     opts = [DecodingOptions(language=language, max_new_tokens=m, **options) for m in max_new]
     return [r.tokens for r in engine.decode(states, opts)]
@@ -54,6 +55,31 @@ def test_batch_rows_equal_single_rows(tiny, noise) -> None:
     batched = _decode(engine, noise, speculative=True)
     singles = [_decode(engine, [clip], speculative=True)[0] for clip in noise]
     assert batched == singles
+
+
+@pytest.mark.parametrize("assistant", ["decoder_only", "full"])
+def test_the_assistant_attends_to_the_audio_and_two_seconds_past_it(tiny, noise, assistant: str) -> None:
+    engine = SpeculativeWhisper.load(tiny["main"], tiny[assistant])
+    short = engine.encode_pcm([noise[0], noise[4]])  # 2 s and 3 s: 150 frames of audio
+    assert engine.assistant_frames(short) == 150 + 100
+    assert engine.assistant_frames(engine.encode_pcm(noise[4:6])) == 1500  # a full 30 s window
+    assert engine.assistant_frames(engine.encode(engine.log_mel(noise[:1]))) is None  # length unknown
+    own = short.assistant if short.assistant is not None else short.main
+    main_cache = engine.main.new_cache(short.main)
+    trimmed, whole = (engine.assistant.new_cache(own, main_cache, frames) for frames in (250, None))
+    assert {k.shape[2] for k in (*trimmed.cross_k, *trimmed.cross_v)} == {250}
+    assert all(k.is_contiguous() for k in (*trimmed.cross_k, *trimmed.cross_v))
+    prompt, at_zero = (
+        torch.tensor([engine.tokens.prompt("en", "transcribe")] * 2),
+        torch.zeros(2, dtype=torch.long),
+    )
+    with torch.inference_mode():
+        near, far = (engine.assistant.forward(prompt, at_zero, c) for c in (trimmed, whole))
+    assert not torch.allclose(near, far)  # the drafts come from fewer frames ...
+    options = [DecodingOptions(language="en", max_new_tokens=30, draft_length=4)] * 2
+    plain = [replace(o, speculative=False) for o in options]
+    speculative = [r.tokens for r in engine.decode(short, options)]
+    assert speculative == [r.tokens for r in engine.decode(short, plain)]  # ... and the output is exact
 
 
 def test_greedy_equals_transformers_generate(tiny, noise) -> None:
