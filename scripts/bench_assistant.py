@@ -3,6 +3,7 @@
     python scripts/bench_assistant.py                          # models/whisper-base + its assistant
     python scripts/bench_assistant.py --repeats 3 --json runs/bench_assistant.json
     python scripts/bench_assistant.py --data-curve 150         # + short retrainings on parts of the data
+    python scripts/bench_assistant.py --compare-frames         # + the assistant over all 1,500 frames
 
 Prints, per held-out group (LibriSpeech English, then each FLEURS language):
 - token acceptance: the share of the main model's greedy tokens the assistant's greedy choice
@@ -91,6 +92,9 @@ def parse_args() -> argparse.Namespace:
         "--data-curve", type=int, default=0, help="steps per data-subset retraining (0: skip)"
     )
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument(
+        "--compare-frames", action="store_true", help="also time the assistant over all 1,500 frames"
+    )
     parser.add_argument("--skip-groups", action="store_true", help="no per-group acceptance and timing")
     return parser.parse_args()
 
@@ -141,21 +145,36 @@ def shared_shortlist(engine: SpeculativeWhisper) -> Iterator[None]:
         engine.assistant.language_heads = heads
 
 
+@contextmanager
+def all_frames(engine: SpeculativeWhisper) -> Iterator[None]:
+    """The engine's assistant attending to every encoder frame, the padding after the audio included."""
+    engine.assistant_frames = lambda states: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del engine.assistant_frames
+
+
 def time_decoding(
     engine: SpeculativeWhisper,
     pcm: list[np.ndarray],
     languages: list[str],
     repeats: int,
     compare_shared: bool = False,
+    compare_frames: bool = False,
 ) -> dict[str, float]:
     """Batch-1 decoding time (min over repeats, interleaved) per mode, summed over the clips: greedy,
-    speculative, and (`compare_shared`) speculative drafting from the shared shortlist instead of the
-    language's own, with the same engine and cost table."""
+    speculative, (`compare_shared`) speculative drafting from the shared shortlist instead of the
+    language's own, and (`compare_frames`) with the assistant attending to all 1,500 encoder frames
+    instead of the audio's; the same engine and cost table."""
     totals = {"greedy_s": 0.0, "speculative_s": 0.0, "tokens": 0, "drafted": 0, "accepted": 0, "passes": 0}
     modes = {"greedy": (nullcontext, False), "speculative": (nullcontext, True)}
     if compare_shared:
         modes["speculative_shared"] = (partial(shared_shortlist, engine), True)
         totals["speculative_shared_s"] = 0.0
+    if compare_frames:
+        modes["speculative_all_frames"] = (partial(all_frames, engine), True)
+        totals["speculative_all_frames_s"] = 0.0
     mismatches = 0
     for clip, lang in zip(pcm, languages, strict=True):
         states = engine.encode_pcm([clip])
@@ -179,6 +198,8 @@ def time_decoding(
     totals["speedup"] = totals["greedy_s"] / totals["speculative_s"]
     if compare_shared:
         totals["speedup_shared"] = totals["greedy_s"] / totals["speculative_shared_s"]
+    if compare_frames:
+        totals["speedup_all_frames"] = totals["greedy_s"] / totals["speculative_all_frames_s"]
     totals["engine_acceptance"] = totals["accepted"] / max(1, totals["drafted"])
     return totals
 
@@ -328,7 +349,9 @@ def main() -> int:
         clips = [c for c in heldout_clips if c.key in keys]
         clips.sort(key=lambda c: data_keys.index(c.key))
         pcm = [c.load() for c in clips]
-        timing = time_decoding(engine, pcm, [group] * len(clips), args.repeats, group in by_language)
+        timing = time_decoding(
+            engine, pcm, [group] * len(clips), args.repeats, group in by_language, args.compare_frames
+        )
         costs = cost_model(engine, timing, draft_ms, main_ms)
         report["groups"][group] = {"clips": len(clips), "acceptance": accept, "timing": timing, "cost": costs}
         name = "LibriSpeech test-other (held-out speakers)" if group == "en" else f"FLEURS {group}"
@@ -343,6 +366,11 @@ def main() -> int:
             print(
                 f"drafting from the shared shortlist instead of the language's own: "
                 f"{timing['speculative_shared_s']:.2f} s -> {timing['speedup_shared']:.2f}x"
+            )
+        if "speedup_all_frames" in timing:
+            print(
+                f"the assistant attending to all 1,500 frames instead of the audio's: "
+                f"{timing['speculative_all_frames_s']:.2f} s -> {timing['speedup_all_frames']:.2f}x"
             )
         print(
             f"engine acceptance (accepted/drafted) {timing['engine_acceptance']:.1%}; "
