@@ -111,6 +111,10 @@ class CostModelPolicy:
     above, at the length the prices choose); while drafting, one pass in `check_every` is plain, so
     that the comparison stays current (about 3% of the speed-up where drafting pays).
 
+    `plain_passes`: those the requests before this one ended with. A request is often shorter than
+    `probe_every` passes: counting afresh in each, a language whose acceptance estimate once fell
+    below what drafting needs would never probe, nor draft, again.
+
     A decision not to draft stands for `rest` passes (until a probe is due or rows leave), and of
     those plain passes only the last is priced: acceptance moves only with drafts and the prices
     slowly, while deciding and pricing after every pass is Python work that a whisper-base pass
@@ -127,6 +131,7 @@ class CostModelPolicy:
         probe_every: int = PROBE_EVERY,
         check_every: int = 32,
         rest: int = 8,
+        plain_passes: int = 0,
     ) -> None:
         self.costs = costs
         # On the host in numpy, handed to the cost model as floats (`cost_model.expected_tokens`).
@@ -135,7 +140,7 @@ class CostModelPolicy:
         self.maximum = maximum
         self.probe_every = probe_every
         self.check_every = check_every
-        self.plain_passes = 0  # in a row
+        self.plain_passes = plain_passes  # in a row, counting those of earlier requests
         self.drafting_passes = 0  # in a row
         self.rest = rest
         self._resting = 0  # plain passes left before deciding again

@@ -89,6 +89,7 @@ class SpeculativeWhisper:
         self._costs: PassCosts | None = None
         self._acceptance: dict[str, float] = {}  # by language, learnt while decoding
         self._probe_every: dict[str, int] = {}  # by language, learnt while decoding
+        self._plain_passes: dict[str, int] = {}  # by language: the plain passes its last request ended with
         if "decoder" in self.stages:
             self.main = WhisperDecoderRunner(
                 models.main.model.decoder, models.main.proj_out.weight, cuda_graphs=cuda_graphs
@@ -265,12 +266,16 @@ class SpeculativeWhisper:
     ) -> LengthPolicy:
         """How long each pass drafts: the cost model, or `draft_length` (+2/-1 when `adaptive`). The
         cost model starts each row from the acceptance its language has had so far (`_acceptance`)
-        and probes as often as its language's requests have found it worth (`_probe_every`)."""
+        and probes as often as its language's requests have found it worth (`_probe_every`), counting
+        the plain passes its last request ended with (`_plain_passes`)."""
         if draft_length is None:
             prior = [self._acceptance.get(language, PRIOR) for language in languages] or PRIOR
             probing = [self._probe_every.get(language, PROBE_EVERY) for language in languages]
             probe_every = min(probing, default=PROBE_EVERY)
-            return CostModelPolicy(self.costs(), batch, prior=prior, probe_every=probe_every)
+            plain = max((self._plain_passes.get(language, 0) for language in languages), default=0)
+            return CostModelPolicy(
+                self.costs(), batch, prior=prior, probe_every=probe_every, plain_passes=plain
+            )
         return DraftLengthPolicy(batch, draft_length, adaptive)
 
     def _learn_acceptance(self, languages: Sequence[str], stats: Sequence[DecodingStats]) -> None:
@@ -294,6 +299,7 @@ class SpeculativeWhisper:
         (docs/benchmarks.md). Drafts that were right say the prices stopped the drafting, not the
         assistant: probing goes on as often as before."""
         for language in set(languages):
+            self._plain_passes[language] = policy.plain_passes
             if not policy.stopped_drafting:
                 self._probe_every[language] = PROBE_EVERY
                 continue

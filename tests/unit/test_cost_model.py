@@ -317,3 +317,17 @@ def test_a_language_whose_drafts_are_rejected_probes_less_often(tiny) -> None:
     engine._costs = _costs(0.0, 0.01)  # drafting pays: the request ends drafting
     engine.decode(states, fr)
     assert engine._probe_every["fr"] == 32
+
+
+def test_probing_counts_the_plain_passes_of_earlier_requests(tiny) -> None:
+    """Requests shorter than the probe interval still probe, every 32 plain passes of their language:
+    counted afresh per request, a language the prices had stopped drafting would never draft again."""
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])  # every draft right
+    engine._costs = _costs(1.0, 1.0)  # drafting never pays by the prices: only probes draft
+    rng = np.random.default_rng(4)
+    states = engine.encode(engine.log_mel([(0.1 * rng.standard_normal(16000 * 3)).astype(np.float32)]))
+    short = [DecodingOptions(language="de", max_new_tokens=10)]
+    results = [engine.decode(states, short)[0].stats for _ in range(4)]
+    assert [s.drafted for s in results] == [0, 0, 0, 1]  # German's 33rd plain pass probes
+    assert [s.main_passes for s in results] == [10, 10, 10, 9]  # the probe's draft was right
+    assert engine._plain_passes["de"] == 9 - 3  # the passes after the probe
