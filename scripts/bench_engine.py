@@ -320,10 +320,15 @@ class InPlace:
 
 
 def in_place(
-    engine: SpeculativeWhisper, pcm: list[np.ndarray], ahead: int, wide_cross: bool = False
+    engine: SpeculativeWhisper,
+    pcm: list[np.ndarray],
+    ahead: int,
+    wide_cross: bool = False,
+    all_frames: bool = False,
 ) -> InPlace:
     """`InPlace` for these clips (one row each), with `ahead` transcript tokens to feed; `wide_cross`:
-    the assistant reads fp32 cross-attention keys and values instead of its narrower copy."""
+    the assistant reads fp32 cross-attention keys and values instead of its narrower copy;
+    `all_frames`: over all 1,500 encoder frames instead of the audio's (`engine.assistant_frames`)."""
     batch, main, assistant = len(pcm), engine.main, engine.assistant
     states = engine.encode_pcm(pcm)
     options = [DecodingOptions(language="en", speculative=False)] * batch
@@ -337,7 +342,7 @@ def in_place(
     narrow = assistant.cross_dtype
     if wide_cross:
         assistant.cross_dtype = torch.float32
-    own = assistant.new_cache(states.main, cache, engine.assistant_frames(states))
+    own = assistant.new_cache(states.main, cache, None if all_frames else engine.assistant_frames(states))
     assistant.cross_dtype = narrow
     assistant.states(tokens[:, :first], at_zero, own)
     mask = partial(filters_at, engine, context)
