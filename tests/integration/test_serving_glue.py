@@ -135,9 +135,11 @@ class _Engine:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.samples: list[list[int]] = []
 
     def decode(self, states, options):
         self.calls.append(len(options))
+        self.samples.append(states.samples.tolist())
         if any(o.language == "xx" for o in options):
             raise ValueError("unknown language 'xx'")
         return [_transcription(o.language or "en") for o in options]
@@ -158,6 +160,16 @@ def test_one_failing_request_does_not_fail_the_batch() -> None:
     assert engine.calls == [6, 2, 1, 3]  # the batch, then one request at a time
     assert [len(o) for o in (outcomes[0], outcomes[2])] == [2, 3]
     assert isinstance(outcomes[1], ValueError)
+
+
+def test_the_engine_learns_how_much_of_each_window_is_audio() -> None:
+    """The assistant attends only to a window's audio and a little past it (`assistant_frames`)."""
+    engine = _Engine()
+    short, long = _rows(1, "en"), _rows(2, "en")
+    short.windows = [Window(0, 48_000, 0, 0)]
+    long.windows = [Window(0, 480_000, 0, 16_000), Window(464_000, 520_000, 16_000, 0)]
+    serving.decode_requests(engine, [short, long])  # type: ignore[arg-type]
+    assert engine.samples == [[48_000, 480_000, 56_000]]
 
 
 def test_paths_resolve_against_the_folder_holding_the_repository(tmp_path: Path) -> None:
