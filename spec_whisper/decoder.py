@@ -244,15 +244,12 @@ class WhisperDecoderRunner:
             if source is not None:
                 if main_cache is None:
                     raise ValueError("this decoder reads the main decoder's cross-attention cache: pass it")
-                for mine, theirs in (
-                    (cross_k, main_cache.cross_k[source]),
-                    (cross_v, main_cache.cross_v[source]),
-                ):
-                    if frames is not None:
-                        theirs = theirs[:, :, :frames]
-                    mine.append(
-                        theirs.to(self.cross_dtype).contiguous()
-                    )  # a copy only if narrower or trimmed
+                theirs = main_cache.cross_k[source], main_cache.cross_v[source]
+                if frames is not None:
+                    theirs = tuple(t[:, :, :frames] for t in theirs)
+                k, v = (t.to(self.cross_dtype).contiguous() for t in theirs)  # a copy if narrower or trimmed
+                cross_k.append(k)
+                cross_v.append(v)
                 continue
             k, v = layer.cross_kv(states).chunk(2, dim=-1)
             cross_k.append(self._heads(k).to(self.cross_dtype).contiguous())
