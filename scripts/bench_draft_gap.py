@@ -82,10 +82,14 @@ def main() -> None:
                     times[name] += [after(before, step_all) for _ in range(3)]
                 main_ms.append(after(lambda: None, main_pass))
             hot = statistics.median(times["back to back"])
-            audio, every = primed.own.cross_k[0].shape[2], whole.own.cross_k[0].shape[2]
+            own = primed.own.cross_frames
+            audio = (
+                f"{float(own.float().mean()):.0f} (longest {int(own.max())})" if own is not None else "all"
+            )
             out += [
                 f"batch {batch}: draft step in ms (median of {len(times['back to back'])}) over {audio} of "
-                f"{every} encoder frames; the main pass itself {statistics.median(main_ms):.2f} ms",
+                f"{whole.own.cross_k[0].shape[2]} encoder frames per row; the main pass itself "
+                f"{statistics.median(main_ms):.2f} ms",
                 "",
                 "| draft step | ms | over back to back |",
                 "|---|---|---|",

@@ -59,14 +59,18 @@ def self_attention(qkv: Tensor, cache_k: Tensor, cache_v: Tensor, start: Tensor,
     return _merge_heads(attended)
 
 
-def cross_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def cross_attention(q: Tensor, k: Tensor, v: Tensor, frames: Tensor | None = None) -> Tensor:
     """`softmax(q k^T / sqrt(D)) v` per row and head from and to merged heads: `q [B, T, H * D]`
-    (not yet scaled), `k, v [B, H, L, D]` in `q`'s dtype or, on CPU, bf16 -> `[B, T, H * D]`."""
-    if _fits_cross_kernel(q, k, v) and (kernel := kernels()) is not None:
-        return kernel.decoder_cross_attention(q.contiguous(), k, v, _HEAD_DIM**-0.5)
+    (not yet scaled), `k, v [B, H, L, D]` in `q`'s dtype or, on CPU, bf16 -> `[B, T, H * D]`.
+    `frames [B]` (int64, on the host): row b attends to its first `frames[b]` keys only."""
+    if _fits_cross_kernel(q, k, v, frames) and (kernel := kernels()) is not None:
+        return kernel.decoder_cross_attention(q.contiguous(), k, v, _HEAD_DIM**-0.5, frames)
     heads, head_dim = k.shape[1], k.shape[3]
+    mask = None
+    if frames is not None:
+        mask = (torch.arange(k.shape[2]) < frames[:, None])[:, None, None].to(q.device)
     attended = F.scaled_dot_product_attention(
-        _split_heads(q, heads) * head_dim**-0.5, k.to(q.dtype), v.to(q.dtype), scale=1.0
+        _split_heads(q, heads) * head_dim**-0.5, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=1.0
     )
     return _merge_heads(attended)
 
@@ -126,9 +130,10 @@ def _fits_self_kernel(qkv: Tensor, cache_k: Tensor, cache_v: Tensor, start: Tens
     )
 
 
-def _fits_cross_kernel(q: Tensor, k: Tensor, v: Tensor) -> bool:
+def _fits_cross_kernel(q: Tensor, k: Tensor, v: Tensor, frames: Tensor | None) -> bool:
     return (
         all(t.device.type == "cpu" for t in (q, k, v))
+        and (frames is None or (frames.dtype == torch.int64 and frames.is_contiguous()))
         and q.dtype == torch.float32
         and k.dtype == v.dtype
         and k.dtype in (torch.float32, torch.bfloat16)

@@ -63,12 +63,14 @@ class _Layer:
 class DecoderCache:
     """Self-attention keys/values `[layers, B, H, max_len, Dh]` and, per layer, cross-attention
     keys/values `[B, H, n_audio_frames, Dh]` for one batch of sequences. An assistant's cross-attention
-    entries may be the main model's own tensors, or narrower copies (`WhisperDecoderRunner.cross_from`)."""
+    entries may be the main model's own tensors, or narrower copies (`WhisperDecoderRunner.cross_from`).
+    `cross_frames [B]` (on the host): the audio frames each row attends to, where fewer than all."""
 
     self_k: Tensor
     self_v: Tensor
     cross_k: tuple[Tensor, ...]
     cross_v: tuple[Tensor, ...]
+    cross_frames: Tensor | None = None
 
     def select(self, order: Tensor) -> DecoderCache:
         """Keep rows `order` (from `compaction_order`) in the leading slots, dropping the rest.
@@ -89,6 +91,7 @@ class DecoderCache:
             self.self_v[:, :n],
             tuple(t[:n] for t in self.cross_k),
             tuple(t[:n] for t in self.cross_v),
+            None if self.cross_frames is None else self.cross_frames[order.cpu()],
         )
 
 
@@ -228,12 +231,14 @@ class WhisperDecoderRunner:
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
     def new_cache(
-        self, encoder_states: Tensor, main_cache: DecoderCache | None = None, frames: int | None = None
+        self, encoder_states: Tensor, main_cache: DecoderCache | None = None, frames: Tensor | None = None
     ) -> DecoderCache:
         """Allocate the self-attention cache and compute cross-attention keys/values once; layers
-        with a `cross_from` source take the main decoder's from `main_cache` instead. `frames`: attend
-        over the first encoder frames only (an assistant's drafts need not be exact; see the engine)."""
-        encoder_states = encoder_states[:, :frames]
+        with a `cross_from` source take the main decoder's from `main_cache` instead. `frames [B]`:
+        each row attends to its first encoder frames only, and the keys and values stop at the most
+        of them (an assistant's drafts need not be exact; see the engine)."""
+        longest = None if frames is None else int(frames.max())
+        encoder_states = encoder_states[:, :longest]
         batch = encoder_states.shape[0]
         n = len(self.layers)
         shape = (n, batch, self.num_heads, self.max_positions, self.head_dim)
@@ -245,8 +250,8 @@ class WhisperDecoderRunner:
                 if main_cache is None:
                     raise ValueError("this decoder reads the main decoder's cross-attention cache: pass it")
                 theirs = main_cache.cross_k[source], main_cache.cross_v[source]
-                if frames is not None:
-                    theirs = tuple(t[:, :, :frames] for t in theirs)
+                if longest is not None:
+                    theirs = tuple(t[:, :, :longest] for t in theirs)
                 k, v = (t.to(self.cross_dtype).contiguous() for t in theirs)  # a copy if narrower or trimmed
                 cross_k.append(k)
                 cross_v.append(v)
@@ -254,7 +259,7 @@ class WhisperDecoderRunner:
             k, v = layer.cross_kv(states).chunk(2, dim=-1)
             cross_k.append(self._heads(k).to(self.cross_dtype).contiguous())
             cross_v.append(self._heads(v).to(self.cross_dtype).contiguous())
-        return DecoderCache(self_k, torch.zeros_like(self_k), tuple(cross_k), tuple(cross_v))
+        return DecoderCache(self_k, torch.zeros_like(self_k), tuple(cross_k), tuple(cross_v), frames)
 
     def forward(self, tokens: Tensor, start: Tensor, cache: DecoderCache) -> Tensor:
         """Logits `[B, T, vocab]` for `tokens [B, T]` placed at positions `start[b] + t`."""
@@ -302,13 +307,23 @@ class WhisperDecoderRunner:
         x = self.embed_tokens[tokens] + self.embed_positions[positions]
         if self.fused is not None and kernels() is not None and _fits_fused(cache, start):
             for i, layer in enumerate(self.fused):
-                x = layer(x, cache.self_k[i], cache.self_v[i], cache.cross_k[i], cache.cross_v[i], start)
+                x = layer(
+                    x,
+                    cache.self_k[i],
+                    cache.self_v[i],
+                    cache.cross_k[i],
+                    cache.cross_v[i],
+                    start,
+                    cache.cross_frames,
+                )
             return self.final_norm(x)
         for i, layer in enumerate(self.layers):
             qkv = layer.self_qkv(layer.self_norm(x))
             attn = self_attention(qkv, cache.self_k[i], cache.self_v[i], start, length)
             x = x + layer.self_out(attn)
-            attn = cross_attention(layer.cross_q(layer.cross_norm(x)), cache.cross_k[i], cache.cross_v[i])
+            attn = cross_attention(
+                layer.cross_q(layer.cross_norm(x)), cache.cross_k[i], cache.cross_v[i], cache.cross_frames
+            )
             x = x + layer.cross_out(attn)
             x = x + layer.fc2(F.gelu(layer.fc1(layer.final_norm(x))))
         return self.final_norm(x)

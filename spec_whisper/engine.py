@@ -34,7 +34,8 @@ _MOST_PROBE_EVERY = 1024
 # Encoder frames past a window's audio that the assistant still attends to (2 s). A 2-layer draft step
 # reads its cross-attention keys and values over all 1,500 frames of a 30 s window, more bytes than its
 # weights; a 10 s clip's step over the frames of its audio costs about a fifth less, its drafts just as
-# often right (docs/benchmarks.md). The main model attends to every frame: its tokens stay exact.
+# often right (docs/benchmarks.md), and in a batch each row reads only its own window's frames. The
+# main model attends to every frame: its tokens stay exact.
 _ASSISTANT_FRAMES_PAST_AUDIO = 100
 
 # A Triton model runs one of these; an in-process engine runs both.
@@ -251,15 +252,16 @@ class SpeculativeWhisper:
             for t, lang, s in zip(tokens, languages, stats, strict=True)
         ]
 
-    def assistant_frames(self, states: EncoderStates) -> int | None:
-        """The encoder frames the assistant attends to: the batch's audio and 2 s past it, on a CPU,
-        where a draft step costs the bytes it reads (a GPU's graphed step costs its launches)."""
+    def assistant_frames(self, states: EncoderStates) -> Tensor | None:
+        """The encoder frames the assistant attends to in each row `[B]`: its window's audio and 2 s
+        past it, on a CPU, where a draft step costs the bytes it reads (a GPU's graphed step costs
+        its launches)."""
         if states.samples is None or self.device.type != "cpu":
             return None
         frames = states.main.shape[1]
         samples_per_frame = HOP_LENGTH * N_FRAMES // frames  # 320: the encoder halves the mel frames
-        audio = -(-int(states.samples.max()) // samples_per_frame)
-        return min(audio + _ASSISTANT_FRAMES_PAST_AUDIO, frames)
+        audio = -(-states.samples.long() // samples_per_frame)
+        return (audio + _ASSISTANT_FRAMES_PAST_AUDIO).clamp(1, frames)
 
     def length_policy(
         self, batch: int, draft_length: int | None, adaptive: bool, languages: Sequence[str] = ()

@@ -18,7 +18,9 @@
 // same bits in a 1-token greedy pass and in a verify pass, which exactness relies on.
 //
 // Keys and values may also be bf16 (an assistant's copy of the main model's, for drafts only): half
-// the bytes of a draft step's largest read, widened to fp32 exactly as they are loaded.
+// the bytes of a draft step's largest read, widened to fp32 exactly as they are loaded. An assistant
+// may also attend to fewer frames per row (its window's audio, not the padding): each row's queries
+// then stop at that row's own frame count.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -134,9 +136,10 @@ torch::Tensor decoder_self_attention(const torch::Tensor& qkv, torch::Tensor& ca
 }
 
 // A decoder pass's cross-attention: q [B, T, H * 64] fp32 contiguous (not yet scaled), k and v
-// [B, H, L, 64] both fp32 or both bf16, contiguous -> [B, T, H * 64], the output projection's input.
+// [B, H, L, 64] both fp32 or both bf16, contiguous, and optionally the frames [B] int64 each row
+// attends to (the first ones, at least one) -> [B, T, H * 64], the output projection's input.
 torch::Tensor decoder_cross_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                      double scale) {
+                                      double scale, const c10::optional<torch::Tensor>& frames) {
   TORCH_CHECK(q.scalar_type() == torch::kFloat32 && q.device().is_cpu() && q.dim() == 3 && q.is_contiguous(),
               "decoder_cross_attention takes contiguous fp32 CPU queries [B, T, width]");
   TORCH_CHECK(k.scalar_type() == v.scalar_type() &&
@@ -147,7 +150,18 @@ torch::Tensor decoder_cross_attention(const torch::Tensor& q, const torch::Tenso
               "decoder_cross_attention takes contiguous CPU keys and values [B, H, L, 64]");
   const int64_t B = q.size(0), T = q.size(1), H = k.size(1), L = k.size(2), W = H * kHeadDim;
   TORCH_CHECK(k.size(0) == B && q.size(2) == W && L > 0, "keys, values and queries disagree");
-  std::vector<int64_t> seen(T, L);
+  std::vector<int64_t> seen(B * T, L);
+  if (frames.has_value()) {
+    const auto& f = *frames;
+    TORCH_CHECK(f.scalar_type() == torch::kInt64 && f.dim() == 1 && f.size(0) == B && f.is_contiguous() &&
+                    f.device().is_cpu(),
+                "decoder_cross_attention takes frames [B] of int64 on the CPU");
+    const int64_t* rows = f.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(rows[b] > 0 && rows[b] <= L, "decoder_cross_attention: frames out of range");
+      std::fill(seen.begin() + b * T, seen.begin() + (b + 1) * T, rows[b]);
+    }
+  }
   auto out = torch::empty_like(q);
   const float* qp = q.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -157,7 +171,7 @@ torch::Tensor decoder_cross_attention(const torch::Tensor& q, const torch::Tenso
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / H, h = bh % H;
         attend(qp + b * T * W + h * kHeadDim, W, kp + bh * L * kHeadDim, vp + bh * L * kHeadDim,
-               op + b * T * W + h * kHeadDim, W, T, L, seen.data(), static_cast<float>(scale), scores);
+               op + b * T * W + h * kHeadDim, W, T, L, seen.data() + b * T, static_cast<float>(scale), scores);
       }
     });
   };

@@ -16,7 +16,7 @@
 torch::Tensor decoder_self_attention(const torch::Tensor& qkv, torch::Tensor& cache_k, torch::Tensor& cache_v,
                                      const torch::Tensor& start, double scale);
 torch::Tensor decoder_cross_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                      double scale);
+                                      double scale, const c10::optional<torch::Tensor>& frames);
 torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& bias,
                               const c10::optional<torch::Tensor>& scale, int64_t out_features, bool stream);
 
@@ -67,15 +67,16 @@ class DecoderLayer {
   }
 
   // x [B, T, width] fp32 contiguous; the layer's self-attention cache (written at start[b] + t) and
-  // cross-attention keys and values, as `cpu_attention.py`'s kernels take them -> [B, T, width].
+  // cross-attention keys, values and frames per row, as `cpu_attention.py`'s kernels take them
+  // -> [B, T, width].
   torch::Tensor forward(const torch::Tensor& x, torch::Tensor& self_k, torch::Tensor& self_v,
-                        const torch::Tensor& cross_k, const torch::Tensor& cross_v,
-                        const torch::Tensor& start) const {
+                        const torch::Tensor& cross_k, const torch::Tensor& cross_v, const torch::Tensor& start,
+                        const c10::optional<torch::Tensor>& cross_frames) const {
     TORCH_CHECK(x.dim() == 3 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(),
                 "DecoderLayer takes contiguous fp32 states [B, T, width]");
     auto attended = decoder_self_attention(self_qkv_(self_norm_(x)), self_k, self_v, start, scale_);
     auto out = x + self_out_(attended);
-    attended = decoder_cross_attention(cross_q_(cross_norm_(out)), cross_k, cross_v, scale_);
+    attended = decoder_cross_attention(cross_q_(cross_norm_(out)), cross_k, cross_v, scale_, cross_frames);
     out.add_(cross_out_(attended));
     out.add_(fc2_(at::gelu(fc1_(final_norm_(out)))));
     return out;

@@ -4,7 +4,7 @@
 torch::Tensor decoder_self_attention(const torch::Tensor& qkv, torch::Tensor& cache_k, torch::Tensor& cache_v,
                                      const torch::Tensor& start, double scale);
 torch::Tensor decoder_cross_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                      double scale);
+                                      double scale, const c10::optional<torch::Tensor>& frames);
 torch::Tensor encoder_attention(const torch::Tensor& qkv, int64_t heads);
 bool few_rows_linear_supported();
 std::vector<torch::Tensor> few_rows_linear_pack(const torch::Tensor& weight, const torch::Tensor& bias,

@@ -52,6 +52,22 @@ def test_cross_attention_equals_pytorch_attention(batch: int, queries: int, fram
     torch.testing.assert_close(_without_kernel(cross_attention, q, k, v), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_each_row_attends_to_its_own_frames(dtype: torch.dtype) -> None:
+    # An assistant attending to each window's audio: row b sees its first frames[b] keys only.
+    q, k, v = _inputs(3, 2, 40)
+    k, v = k.to(dtype), v.to(dtype)
+    frames = torch.tensor([40, 7, 1])
+    mask = (torch.arange(40) < frames[:, None])[:, None, None]
+    expected = _reference(q, k.float(), v.float(), mask)
+    torch.testing.assert_close(cross_attention(q, k, v, frames), expected, rtol=1e-5, atol=1e-5)
+    fallback = _without_kernel(cross_attention, q, k, v, frames)
+    torch.testing.assert_close(fallback, expected, rtol=1e-5, atol=1e-5)
+    # The same bits as the row alone over only its own frames: what lies past them is never read.
+    alone = cross_attention(q[1:2], k[1:2, :, :7].contiguous(), v[1:2, :, :7].contiguous())
+    assert torch.equal(cross_attention(q, k, v, frames)[1:2], alone)
+
+
 def test_a_query_gets_the_same_bits_however_many_share_the_call() -> None:
     # A greedy pass (one query) and a verify pass (several) must agree for exactness to be robust.
     q, k, v = _inputs(2, 5, 1500)

@@ -68,21 +68,25 @@ def _clone(cache):
         cache.self_v.clone(),
         tuple(t.clone() for t in cache.cross_k),
         tuple(t.clone() for t in cache.cross_v),
+        cache.cross_frames,
     )
 
 
 @pytest.mark.parametrize("int8", [False, True])
-@pytest.mark.parametrize(("batch", "steps"), [(1, 1), (1, 5), (3, 1), (4, 3)])
+@pytest.mark.parametrize(
+    ("batch", "steps", "own_frames"), [(1, 1, False), (1, 5, False), (3, 1, True), (4, 3, True)]
+)
 def test_the_fused_layers_give_the_bits_and_the_cache_of_the_operator_path(
-    int8: bool, batch: int, steps: int
+    int8: bool, batch: int, steps: int, own_frames: bool
 ) -> None:
     runner = _runner(int8)
     torch.manual_seed(1)
     encoded = torch.randn(batch, FRAMES, WIDTH)
     tokens = torch.randint(0, 51865, (batch, 9))
     start = torch.zeros(batch, dtype=torch.long)
+    frames = torch.tensor([FRAMES - 3, 5, FRAMES - 1, 1][:batch]) if own_frames else None  # each row its own
     with torch.inference_mode():
-        fused_cache = runner.new_cache(encoded)
+        fused_cache = runner.new_cache(encoded, frames=frames)
         runner.states(tokens, start, fused_cache)  # a prompt, then a pass of `steps` tokens per row
         plain_cache = _clone(fused_cache)
         after = torch.tensor([9, 7, 9, 4][:batch])  # rows at different positions, as drafts leave them
