@@ -237,6 +237,8 @@ class WhisperDecoderRunner:
         with a `cross_from` source take the main decoder's from `main_cache` instead. `frames [B]`:
         each row attends to its first encoder frames only, and the keys and values stop at the most
         of them (an assistant's drafts need not be exact; see the engine)."""
+        if frames is not None:  # in the form the kernels take, which the fused path does not re-check
+            frames = frames.to("cpu", torch.int64).contiguous()
         longest = None if frames is None else int(frames.max())
         encoder_states = encoder_states[:, :longest]
         batch = encoder_states.shape[0]
