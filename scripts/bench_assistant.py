@@ -4,6 +4,7 @@
     python scripts/bench_assistant.py --repeats 3 --json runs/bench_assistant.json
     python scripts/bench_assistant.py --data-curve 150         # + short retrainings on parts of the data
     python scripts/bench_assistant.py --compare-frames         # + the assistant over all 1,500 frames
+    python scripts/bench_assistant.py --compare-activations    # + its products with fp32 activations
 
 Prints, per held-out group (LibriSpeech English, then each FLEURS language):
 - token acceptance: the share of the main model's greedy tokens the assistant's greedy choice
@@ -25,8 +26,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -95,6 +96,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--compare-frames", action="store_true", help="also time the assistant over all 1,500 frames"
     )
+    parser.add_argument(
+        "--compare-activations",
+        action="store_true",
+        help="also time the assistant's int8 weights meeting fp32 activations (the default on VNNI: int8)",
+    )
     parser.add_argument("--skip-groups", action="store_true", help="no per-group acceptance and timing")
     return parser.parse_args()
 
@@ -146,6 +152,29 @@ def shared_shortlist(engine: SpeculativeWhisper) -> Iterator[None]:
 
 
 @contextmanager
+def swapped_assistant(engine: SpeculativeWhisper, other: SpeculativeWhisper) -> Iterator[None]:
+    """The engine drafting with `other`'s assistant runner (the same weights, built another way)."""
+    own, engine.assistant = engine.assistant, other.assistant
+    try:
+        yield
+    finally:
+        engine.assistant = own
+
+
+def fp32_activation_engine(main: Path, assistant: Path) -> SpeculativeWhisper:
+    """The engine as it loads where the CPU has no VNNI: the assistant's int8 weights meet fp32
+    activations, widened in the few-row kernel."""
+    from spec_whisper.linear import FewRowsLinear
+
+    available = FewRowsLinear.bytes_available
+    FewRowsLinear.bytes_available = staticmethod(lambda: False)  # type: ignore[method-assign]
+    try:
+        return SpeculativeWhisper.load(main, assistant)
+    finally:
+        FewRowsLinear.bytes_available = available  # type: ignore[method-assign]
+
+
+@contextmanager
 def all_frames(engine: SpeculativeWhisper) -> Iterator[None]:
     """The engine's assistant attending to every encoder frame, the padding after the audio included."""
     engine.assistant_frames = lambda states: None  # type: ignore[method-assign]
@@ -160,21 +189,16 @@ def time_decoding(
     pcm: list[np.ndarray],
     languages: list[str],
     repeats: int,
-    compare_shared: bool = False,
-    compare_frames: bool = False,
+    variants: dict[str, Callable[[], AbstractContextManager]] | None = None,
 ) -> dict[str, float]:
     """Batch-1 decoding time (min over repeats, interleaved) per mode, summed over the clips: greedy,
-    speculative, (`compare_shared`) speculative drafting from the shared shortlist instead of the
-    language's own, and (`compare_frames`) with the assistant attending to all 1,500 encoder frames
-    instead of the audio's; the same engine and cost table."""
+    speculative, and speculative under each of `variants` (a name and the setting it decodes in:
+    `shared_shortlist`, `all_frames`, `swapped_assistant`); the same engine and cost table."""
     totals = {"greedy_s": 0.0, "speculative_s": 0.0, "tokens": 0, "drafted": 0, "accepted": 0, "passes": 0}
     modes = {"greedy": (nullcontext, False), "speculative": (nullcontext, True)}
-    if compare_shared:
-        modes["speculative_shared"] = (partial(shared_shortlist, engine), True)
-        totals["speculative_shared_s"] = 0.0
-    if compare_frames:
-        modes["speculative_all_frames"] = (partial(all_frames, engine), True)
-        totals["speculative_all_frames_s"] = 0.0
+    for name, setting in (variants or {}).items():
+        modes[f"speculative_{name}"] = (setting, True)
+        totals[f"speculative_{name}_s"] = 0.0
     mismatches = 0
     for clip, lang in zip(pcm, languages, strict=True):
         states = engine.encode_pcm([clip])
@@ -196,10 +220,8 @@ def time_decoding(
         totals["passes"] += stats.main_passes
     totals["identical"] = mismatches == 0
     totals["speedup"] = totals["greedy_s"] / totals["speculative_s"]
-    if compare_shared:
-        totals["speedup_shared"] = totals["greedy_s"] / totals["speculative_shared_s"]
-    if compare_frames:
-        totals["speedup_all_frames"] = totals["greedy_s"] / totals["speculative_all_frames_s"]
+    for name in variants or {}:
+        totals[f"speedup_{name}"] = totals["greedy_s"] / totals[f"speculative_{name}_s"]
     totals["engine_acceptance"] = totals["accepted"] / max(1, totals["drafted"])
     return totals
 
@@ -302,6 +324,7 @@ def main() -> int:
     config = DistilConfig.from_dict(summary["settings"])
     engine = SpeculativeWhisper.load(args.main, args.assistant)
     plain = SpeculativeWhisper.load(args.main)
+    fp32_activations = fp32_activation_engine(args.main, args.assistant) if args.compare_activations else None
     by_language = {lang: ids.tolist() for lang, ids in engine.models.assistant_language_shortlists.items()}
     report: dict = {"threads": threads, "load_before": load_before, "main": str(args.main)}
 
@@ -349,9 +372,14 @@ def main() -> int:
         clips = [c for c in heldout_clips if c.key in keys]
         clips.sort(key=lambda c: data_keys.index(c.key))
         pcm = [c.load() for c in clips]
-        timing = time_decoding(
-            engine, pcm, [group] * len(clips), args.repeats, group in by_language, args.compare_frames
-        )
+        variants: dict[str, Callable[[], AbstractContextManager]] = {}
+        if group in by_language:
+            variants["shared"] = partial(shared_shortlist, engine)
+        if args.compare_frames:
+            variants["all_frames"] = partial(all_frames, engine)
+        if fp32_activations is not None:
+            variants["fp32_activations"] = partial(swapped_assistant, engine, fp32_activations)
+        timing = time_decoding(engine, pcm, [group] * len(clips), args.repeats, variants)
         costs = cost_model(engine, timing, draft_ms, main_ms)
         report["groups"][group] = {"clips": len(clips), "acceptance": accept, "timing": timing, "cost": costs}
         name = "LibriSpeech test-other (held-out speakers)" if group == "en" else f"FLEURS {group}"
@@ -371,6 +399,12 @@ def main() -> int:
             print(
                 f"the assistant attending to all 1,500 frames instead of the audio's: "
                 f"{timing['speculative_all_frames_s']:.2f} s -> {timing['speedup_all_frames']:.2f}x"
+            )
+        if "speedup_fp32_activations" in timing:
+            print(
+                f"the assistant's int8 weights meeting fp32 activations instead of int8 ones: "
+                f"{timing['speculative_fp32_activations_s']:.2f} s -> "
+                f"{timing['speedup_fp32_activations']:.2f}x"
             )
         print(
             f"engine acceptance (accepted/drafted) {timing['engine_acceptance']:.1%}; "

@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-train-minutes", type=float)
     parser.add_argument("--layers", type=int, nargs="+", help="main decoder layers to copy (default 0 -1)")
     parser.add_argument(
+        "--synthetic",
+        nargs="+",
+        metavar="LANG=WINDOWS",
+        help="synthetic 30 s windows per language, replacing the default (e.g. en=300 de=16)",
+    )
+    parser.add_argument(
         "--threads", type=int, help="torch threads (default: 2, or 1 while other work keeps the CPU busy)"
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
@@ -62,7 +68,16 @@ def config_from(args: argparse.Namespace) -> DistilConfig:
         overrides["max_train_s"] = 60 * args.max_train_minutes
     if args.layers:
         overrides["layers"] = tuple(args.layers)
+    if args.synthetic:
+        overrides["synthetic"] = tuple(_language_count(item) for item in args.synthetic)
     return DistilConfig.quick(**overrides) if args.quick else DistilConfig(**overrides)
+
+
+def _language_count(item: str) -> tuple[str, int]:
+    language, _, count = item.partition("=")
+    if not language or not count.isdigit():
+        raise SystemExit(f"--synthetic takes LANG=WINDOWS items, got {item!r}")
+    return language, int(count)
 
 
 def main(argv: list[str] | None = None) -> int:

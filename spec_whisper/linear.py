@@ -61,15 +61,25 @@ class FewRowsLinear:
     docs/benchmarks.md). Weights that fp16 holds exactly, as Whisper's published checkpoints are,
     are kept in fp16 and widened in the product: half the bytes for the same bits. With `int8` the
     weights are rounded per output row as `Int8Linear`'s and widened the same way, activations
-    staying fp32: a quarter of the bytes, for an assistant's drafts. Needs the CPU kernels built
-    with AVX-512 (`available`).
+    staying fp32: a quarter of the bytes, for an assistant's drafts. With `int8_activations` as
+    well, each row of activations is rounded to int8 too and the products run on AVX-512 VNNI's byte
+    dot products (`bytes_available`): a quarter of the instructions, results no longer the fp32
+    product's, so for drafts only. Needs the CPU kernels built with AVX-512 (`available`).
     """
 
     def __init__(
-        self, weight: Tensor, bias: Tensor | None, int8: bool = False, fp16: bool = True, stream: bool = False
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        int8: bool = False,
+        fp16: bool = True,
+        stream: bool = False,
+        int8_activations: bool = False,
     ) -> None:
         """`stream`: prefetch the weights as non-temporal data (a main model's, read once per pass).
         `fp16=False` keeps fp32 weights even where fp16 holds them (benchmarks compare both)."""
+        if int8_activations:
+            assert int8 and self.bytes_available(), "int8 activations need int8 weights and VNNI"
         kernel = kernels()
         assert kernel is not None and self.available(weight), "FewRowsLinear.available() is false"
         self.kernel = kernel
@@ -84,13 +94,22 @@ class FewRowsLinear:
             weight = weight.half()
         self.stream = stream
         self.step = step  # int8: each output row's rounding step
-        # `scale` comes back as None for fp32 and fp16 weights.
-        self.packed, self.bias, self.scale = kernel.few_rows_linear_pack(weight, bias, step)
+        self.int8_activations = int8_activations
+        if int8_activations:  # `scale` holds each output's step and its weights' sum
+            self.packed, self.bias, self.scale = kernel.few_rows_linear_pack_bytes(weight, bias, step)
+        else:  # `scale` comes back as None for fp32 and fp16 weights.
+            self.packed, self.bias, self.scale = kernel.few_rows_linear_pack(weight, bias, step)
 
     @staticmethod
     def available(weight: Tensor) -> bool:
         kernel = kernels() if weight.device.type == "cpu" and weight.dtype == torch.float32 else None
         return kernel is not None and kernel.few_rows_linear_supported()
+
+    @staticmethod
+    def bytes_available() -> bool:
+        """Whether int8 weights can meet int8 activations here (the kernels built with AVX-512 VNNI)."""
+        kernel = kernels()
+        return kernel is not None and kernel.few_rows_linear_bytes_supported()
 
     def state(self) -> tuple[Tensor, Tensor, Tensor | None, int, bool]:
         """What the kernel's calls take besides the rows: a C++ caller's copy (`csrc/decoder_layer.cpp`)."""
@@ -112,10 +131,12 @@ def decoder_linear(weight: Tensor, bias: Tensor | None, stream: bool = False) ->
 
 
 def draft_linear(weight: Tensor, bias: Tensor | None) -> FewRowsLinear | Int8Linear | FastLinear:
-    """An assistant's approximate product: int8 weights in the few-row kernel where it is built,
-    else fbgemm's int8 product, else fp32."""
+    """An assistant's approximate product: int8 weights in the few-row kernel where it is built (meeting
+    int8 activations where the CPU has VNNI), else fbgemm's int8 product, else fp32."""
     if FewRowsLinear.available(weight):
-        return FewRowsLinear(weight, bias, int8=True)
+        # The kernel rounds activations 16 at a time.
+        bytes_ = weight.shape[1] % 16 == 0 and FewRowsLinear.bytes_available()
+        return FewRowsLinear(weight, bias, int8=True, int8_activations=bytes_)
     return Int8Linear(weight, bias) if int8_available(weight) else FastLinear(weight, bias)
 
 

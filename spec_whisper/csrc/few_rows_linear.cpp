@@ -16,6 +16,12 @@
 // prefetched ahead as non-temporal data (passes of up to 4 rows, which read each block once), which
 // made whisper-base's passes about 6% faster here.
 //
+// An assistant's drafts need not be exact, so its int8 weights can also meet int8 activations (each
+// row rounded to its own 127 steps) in AVX-512 VNNI's byte dot products, which do 64 multiply-adds
+// per instruction where widening int8 to fp32 does 16 and spends two more instructions on each 16
+// weights. Those weights are packed `[N / 64][K / 4][64][4]` (four consecutive terms per output, as
+// the instruction takes them) and the sums are integers, exact in any order.
+//
 // Every output is summed the same way whatever the rows beside it: chunks of 64 terms in order, one
 // fused multiply-add each, chunk sums added in order, then the bias. A row gets the same bits in a
 // 1-token greedy pass and in a verify pass of any size, which exactness relies on.
@@ -26,6 +32,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -135,6 +142,89 @@ void product(const torch::Tensor& x, const torch::Tensor& packed, const float* s
 }
 #endif
 
+#ifdef __AVX512VNNI__
+// Rows of x rounded to int8 steps of their own, shifted by 128 into unsigned bytes (VNNI multiplies
+// unsigned by signed bytes): x[m, k] ~ step[m] * (q[m, k] - 128).
+void quantize_rows(const float* x, int64_t M, int64_t K, uint8_t* q, float* step) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = x + m * K;
+    __m512 peak = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += kLanes) peak = _mm512_max_ps(peak, _mm512_abs_ps(_mm512_loadu_ps(row + k)));
+    const float largest = _mm512_reduce_max_ps(peak);
+    step[m] = largest > 0.0f ? largest / 127.0f : 1.0f;
+    const __m512 inverse = _mm512_set1_ps(1.0f / step[m]);
+    const __m512i offset = _mm512_set1_epi32(128);
+    for (int64_t k = 0; k < K; k += kLanes) {
+      const __m512i rounded = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + k), inverse),
+                                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512i shifted = _mm512_add_epi32(_mm512_max_epi32(_mm512_min_epi32(rounded, _mm512_set1_epi32(127)),
+                                                                _mm512_set1_epi32(-127)),
+                                               offset);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + m * K + k), _mm512_cvtepi32_epi8(shifted));
+    }
+  }
+}
+
+// Rows q[0 .. R) (stride K) times one block packed `[K / 4][64][4]` -> y[r][0 .. 64): the integer
+// sums, less 128 times each output's weight sum (`scale[1]`), times both steps, plus the bias.
+template <int R>
+void byte_tile(const uint8_t* q, const float* row_step, int64_t K, const int8_t* w, const float* weight_step,
+               const float* weight_sum, const float* bias, float* y, int64_t out) {
+  __m512i sum[R][kRegisters];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < kRegisters; ++j) sum[r][j] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; k += 4) {
+    __m512i weights[kRegisters];
+    for (int j = 0; j < kRegisters; ++j) weights[j] = _mm512_loadu_si512(w + k * kBlock + j * 64);
+    for (int r = 0; r < R; ++r) {
+      const __m512i xk = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q + r * K + k));
+      for (int j = 0; j < kRegisters; ++j) sum[r][j] = _mm512_dpbusd_epi32(sum[r][j], xk, weights[j]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < kRegisters; ++j) {
+      const __m512i shift = _mm512_slli_epi32(_mm512_cvtps_epi32(_mm512_loadu_ps(weight_sum + j * kLanes)), 7);
+      const __m512 exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum[r][j], shift));
+      const __m512 steps = _mm512_mul_ps(_mm512_loadu_ps(weight_step + j * kLanes), _mm512_set1_ps(row_step[r]));
+      _mm512_storeu_ps(y + r * out + j * kLanes,
+                       _mm512_fmadd_ps(exact, steps, _mm512_loadu_ps(bias + j * kLanes)));
+    }
+}
+
+void byte_product(const torch::Tensor& x, const torch::Tensor& packed, const float* weight_step,
+                  const float* weight_sum, const float* bias, torch::Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1), blocks = packed.size(0), out = y.size(1);
+  std::vector<uint8_t> q(M * K);
+  std::vector<float> row_step(M);
+  quantize_rows(x.data_ptr<float>(), M, K, q.data(), row_step.data());
+  const int8_t* wp = packed.data_ptr<int8_t>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) float scratch[4 * kBlock];
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t valid = std::min(kBlock, out - b * kBlock), o = b * kBlock;
+      for (int64_t m = 0; m < M; m += 4) {
+        const int64_t rows = std::min<int64_t>(4, M - m);
+        float* target = valid == kBlock ? yp + m * out + o : scratch;
+        const int64_t stride = valid == kBlock ? out : kBlock;
+        const uint8_t* qm = q.data() + m * K;
+        const float* sm = row_step.data() + m;
+        const int8_t* wb = wp + b * K * kBlock;
+        switch (rows) {
+          case 4: byte_tile<4>(qm, sm, K, wb, weight_step + o, weight_sum + o, bias + o, target, stride); break;
+          case 3: byte_tile<3>(qm, sm, K, wb, weight_step + o, weight_sum + o, bias + o, target, stride); break;
+          case 2: byte_tile<2>(qm, sm, K, wb, weight_step + o, weight_sum + o, bias + o, target, stride); break;
+          default: byte_tile<1>(qm, sm, K, wb, weight_step + o, weight_sum + o, bias + o, target, stride); break;
+        }
+        if (valid != kBlock)
+          for (int64_t r = 0; r < rows; ++r)
+            std::memcpy(yp + (m + r) * out + o, scratch + r * kBlock, valid * sizeof(float));
+      }
+    }
+  });
+}
+#endif
+
 }  // namespace
 
 bool few_rows_linear_supported() {
@@ -143,6 +233,32 @@ bool few_rows_linear_supported() {
 #else
   return false;
 #endif
+}
+
+bool few_rows_linear_bytes_supported() {
+#ifdef __AVX512VNNI__
+  return true;
+#else
+  return false;
+#endif
+}
+
+// [N, K] int8 weights, [N] bias and per-output steps -> weights packed as [ceil(N / 64), K / 4, 64, 4] for
+// int8 activations, bias padded, and [2, ceil(N / 64) * 64] steps and weight sums (exact in fp32).
+std::vector<torch::Tensor> few_rows_linear_pack_bytes(const torch::Tensor& weight, const torch::Tensor& bias,
+                                                      const torch::Tensor& step) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == torch::kInt8, "weight: [N, K] int8");
+  const int64_t N = weight.size(0), K = weight.size(1), blocks = (N + kBlock - 1) / kBlock;
+  TORCH_CHECK(K % 16 == 0, "int8 activations need K a multiple of 16");
+  auto padded = torch::zeros({blocks * kBlock, K}, weight.options());
+  padded.narrow(0, 0, N).copy_(weight);
+  auto packed = padded.view({blocks, kBlock, K / 4, 4}).permute({0, 2, 1, 3}).contiguous();
+  auto scale = torch::zeros({2, blocks * kBlock}, bias.options().dtype(torch::kFloat32));
+  scale[0].narrow(0, 0, N).copy_(step);
+  scale[1].narrow(0, 0, N).copy_(weight.to(torch::kFloat32).sum(1));
+  auto padded_bias = torch::zeros({blocks * kBlock}, bias.options().dtype(torch::kFloat32));
+  padded_bias.narrow(0, 0, N).copy_(bias);
+  return {packed, padded_bias, scale};
 }
 
 // [N, K] weights (fp32, fp16, or int8 with per-output `scale`) and [N] bias -> weights packed as
@@ -170,12 +286,24 @@ torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& packe
                               const c10::optional<torch::Tensor>& scale, int64_t out_features, bool stream) {
   TORCH_CHECK(few_rows_linear_supported(), "built without AVX-512");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(), "x: [M, K] contiguous fp32");
-  TORCH_CHECK(packed.dim() == 3 && packed.size(1) == x.size(1) && packed.size(2) == kBlock, "packed weights");
+  const bool bytes = packed.dim() == 4;  // int8 weights packed for int8 activations
+  TORCH_CHECK(bytes ? packed.size(1) * 4 == x.size(1) && packed.size(2) == kBlock && packed.size(3) == 4
+                    : packed.dim() == 3 && packed.size(1) == x.size(1) && packed.size(2) == kBlock,
+              "packed weights");
   TORCH_CHECK(out_features > (packed.size(0) - 1) * kBlock && out_features <= packed.size(0) * kBlock,
               "out_features does not match the packed weights");
   const bool int8 = packed.scalar_type() == torch::kInt8;
   TORCH_CHECK(int8 == scale.has_value(), "int8 weights need their scale, fp32 weights none");
   auto y = torch::empty({x.size(0), out_features}, x.options());
+  if (bytes) {
+#ifdef __AVX512VNNI__
+    const float* steps = scale->data_ptr<float>();
+    byte_product(x, packed, steps, steps + scale->size(1), bias.data_ptr<float>(), y);
+    return y;
+#else
+    TORCH_CHECK(false, "built without AVX-512 VNNI");
+#endif
+  }
 #ifdef __AVX512F__
   const float* bp = bias.data_ptr<float>();
   if (int8)

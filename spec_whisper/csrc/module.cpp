@@ -9,6 +9,9 @@ torch::Tensor encoder_attention(const torch::Tensor& qkv, int64_t heads);
 bool few_rows_linear_supported();
 std::vector<torch::Tensor> few_rows_linear_pack(const torch::Tensor& weight, const torch::Tensor& bias,
                                                 const c10::optional<torch::Tensor>& scale);
+bool few_rows_linear_bytes_supported();
+std::vector<torch::Tensor> few_rows_linear_pack_bytes(const torch::Tensor& weight, const torch::Tensor& bias,
+                                                      const torch::Tensor& step);
 torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& bias,
                               const c10::optional<torch::Tensor>& scale, int64_t out_features, bool stream);
 void bind_decoder_layer(pybind11::module& m);
@@ -20,6 +23,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("encoder_attention", &encoder_attention, "an encoder's self-attention from its fused q, k, v");
   m.def("few_rows_linear_supported", &few_rows_linear_supported, "whether the product was built (AVX-512)");
   m.def("few_rows_linear_pack", &few_rows_linear_pack, "weights and bias packed for few_rows_linear");
+  m.def("few_rows_linear_bytes_supported", &few_rows_linear_bytes_supported,
+        "whether int8 weights can meet int8 activations (AVX-512 VNNI)");
+  m.def("few_rows_linear_pack_bytes", &few_rows_linear_pack_bytes,
+        "int8 weights, bias and steps packed for few_rows_linear with int8 activations");
   m.def("few_rows_linear", &few_rows_linear, "x W^T + b for a decoder pass's few rows");
   bind_decoder_layer(m);
 }

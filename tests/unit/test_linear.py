@@ -91,3 +91,43 @@ def test_streaming_the_weights_changes_no_bits() -> None:
     for rows in range(1, 7):
         streamed = FewRowsLinear(weight.half().float(), bias, stream=True)(x[:rows])
         assert torch.equal(streamed, FewRowsLinear(weight.half().float(), bias)(x[:rows]))
+
+
+def _rounded_rows(x: torch.Tensor) -> torch.Tensor:
+    step = x.abs().amax(dim=-1, keepdim=True) / 127
+    return torch.round(x / step).clamp(-127, 127) * step
+
+
+@pytest.mark.skipif(not FewRowsLinear.bytes_available(), reason="needs AVX-512 VNNI")
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+@pytest.mark.parametrize(("out_features", "in_features"), [(200, 512), (100, 1408), (12288 // 4 + 5, 512)])
+def test_int8_activations_give_the_product_of_both_rounded(
+    rows: int, out_features: int, in_features: int
+) -> None:
+    weight, bias = _weights(out_features, in_features, seed=6)
+    x = torch.randn(rows, in_features) * 2
+    x[0, 7] = 40.0  # an outlier sets its row's step, and only its row's
+    linear = FewRowsLinear(weight, bias, int8=True, int8_activations=True)
+    y = linear(x)
+    step = weight.abs().amax(dim=1) / 127
+    rounded = torch.round(weight / step[:, None]) * step[:, None]
+    expected = _rounded_rows(x).double() @ rounded.double().T + bias.double()
+    # The kernel divides by a row's step as a product with its inverse: an element at a rounding
+    # tie may land one step off, moving its row by at most that step times a weight.
+    one_step = x.abs().amax(dim=-1, keepdim=True).double() / 127 * rounded.abs().max()
+    assert ((y.double() - expected).abs() <= 2 * one_step + 1e-5).all()
+    weights_only = FewRowsLinear(weight, bias, int8=True)(x)
+    assert (y - weights_only).abs().max() > 1e-3  # the activations were rounded too
+    alone = torch.cat([linear(x[i : i + 1]) for i in range(rows)])
+    assert torch.equal(y, alone)  # integer sums: a row's result does not depend on its neighbours
+
+
+@pytest.mark.skipif(not FewRowsLinear.bytes_available(), reason="needs AVX-512 VNNI")
+def test_int8_activations_handle_zero_rows_and_stay_close_to_fp32() -> None:
+    weight, bias = _weights(256, 512, seed=7)
+    linear = FewRowsLinear(weight, bias, int8=True, int8_activations=True)
+    zero = linear(torch.zeros(1, 512))
+    assert torch.equal(zero, bias[None])
+    x = torch.randn(4, 512)
+    exact = x @ weight.T + bias
+    assert ((linear(x) - exact).norm() / exact.norm()) < 0.02

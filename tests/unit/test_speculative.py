@@ -78,8 +78,10 @@ def test_the_assistant_attends_to_the_audio_and_two_seconds_past_it(tiny, noise,
         alone = engine.assistant.forward(prompt[:1], at_zero[:1], first)
     moved = (near[:1] - far[:1]).abs().max()
     assert moved > 0.01  # the drafts come from fewer frames ...
-    # ... each row's own, whatever the batch's longest (up to the int8 products' batch-wide rounding)
-    assert (near[:1] - alone).abs().max() < moved / 100
+    # ... each row's own, whatever the batch's longest, up to rounding: the attention over 250 frames
+    # and over 200 differs in its last bits, which the int8 products' rounding of the activations
+    # can turn into a whole step of it (0.0085 here against 0.30 for all frames)
+    assert (near[:1] - alone).abs().max() < moved / 10
     options = [DecodingOptions(language="en", max_new_tokens=30, draft_length=4)] * 2
     plain = [replace(o, speculative=False) for o in options]
     speculative = [r.tokens for r in engine.decode(short, options)]
