@@ -172,7 +172,7 @@ class WhisperDecoderRunner:
         self.shortlist = shortlist
         self.head: Head
         if shortlist is None and not int8:
-            self.head = main_head(output_weight, final_norm=hf_decoder.layer_norm)
+            self.head = main_head(output_weight)
         else:
             every = torch.arange(self.vocab_size) if shortlist is None else shortlist
             self.head = ShortlistHead(output_weight, every, int8)

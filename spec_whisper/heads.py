@@ -16,10 +16,6 @@ from .linear import FewRowsLinear, decoder_linear, draft_linear
 
 __all__ = ["FullHead", "Mask", "ScreenedHead", "ShortlistHead", "main_head"]
 
-# Channels of the main model's final states that its byte screen leaves to fp32: on whisper-base's
-# held-out speech 16 kept 7 candidates per position on average (8: 9, 32: 6; docs/benchmarks.md).
-WIDE_CHANNELS = 16
-
 # `mask(logits)` for logits [B, T, vocab], or `mask(scores, ids)` for scores over the vocabulary ids
 # `ids` only: the same tensor with the forbidden tokens at -inf.
 Mask = Callable[..., Tensor]
@@ -87,59 +83,22 @@ class ScreenedHead(FullHead):
     kernel multiplies the fp32 activations by the integers `q` in fp32 (`FewRowsLinear(int8=True)`).
     Hence `|w.x - score| <= step / 2 * ||x||_1` plus the fp32 rounding of a sum of at most `K` terms,
     `gamma_K * sum |x_k q_k| <= gamma_K * 127 * ||x||_1` times `step`, with `gamma_K = K u / (1 - K u)`.
-
-    On CPUs with VNNI the screen rounds the activations too and sums byte products (a quarter of the
-    instructions: the widening screen is bound by arithmetic from 4 rows up). Rounding a row to 127
-    steps of its largest value would drown Whisper's final states, a few of whose channels are 10-40x
-    the others; so the `wide_channels` (by default the 16 with the largest final-norm gains) are left
-    out of the byte product and added in fp32. A row's rounding `x = step_x * p + d`, `|d| <= step_x / 2`
-    over the other channels, adds `step_x / 2 * ||q||_1 * step` to each token's bound; the byte
-    product's integer sums are exact (`|sum| < 2^24`) and its few float roundings stay inside the
-    `gamma` term above.
     """
 
-    def __init__(
-        self,
-        weight: Tensor,
-        bias: Tensor | None = None,
-        max_rows: int | None = None,
-        wide_channels: Tensor | None = None,
-        byte_screen: bool | None = None,
-    ) -> None:
-        """`byte_screen`: screen with int8 activations (default: where VNNI runs it)."""
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, max_rows: int = 4) -> None:
         super().__init__(weight, bias)
         self.weight = weight.detach()
         self.bias = None if bias is None else bias.detach()
-        width = weight.shape[1]
-        can = FewRowsLinear.bytes_available() and width % 16 == 0
-        assert can or not byte_screen, "the byte screen needs VNNI and a width that is a multiple of 16"
-        self.bytes = can if byte_screen is None else byte_screen
-        if self.bytes:
-            wide = torch.empty(0, dtype=torch.long) if wide_channels is None else wide_channels
-            self.narrow = torch.ones(width).index_fill_(0, wide, 0.0)  # 1 for the byte product's channels
-            narrow_weight = self.weight * self.narrow
-            self.screen = FewRowsLinear(narrow_weight, self.bias, int8=True, int8_activations=True)
-            self.wide_channels = wide
-            self.wide = FewRowsLinear(self.weight[:, wide], None) if len(wide) else None
-            q = torch.round(narrow_weight / self.screen.step[:, None])
-            # Per token, its bound's share per unit of a row's activation step (1e-3: the kernel's step
-            # and its rounding by a product with the inverse may differ from these in their last bits).
-            self.activation_half = self.screen.step * q.abs().sum(dim=1) / 2 * (1 + 1e-3)
-        else:
-            self.narrow = None
-            self.screen = FewRowsLinear(self.weight, self.bias, int8=True, stream=True)
-            self.activation_half = torch.zeros(weight.shape[0])
+        self.screen = FewRowsLinear(self.weight, self.bias, int8=True, stream=True)
         unit = torch.finfo(torch.float32).eps / 2
-        terms = width + 2  # the sum's terms, the scaling and the bias
-        gamma = terms * unit / (1 - terms * unit)
+        width = weight.shape[1] + 2  # the sum's terms, the scaling and the bias
+        gamma = width * unit / (1 - width * unit)
         self.half_step = self.screen.step / 2 * (1 + 2 * 127 * gamma)
         self.max_half_step = float(self.half_step.max())
-        self.max_activation_half = float(self.activation_half.max())
         self.max_row_l1 = float((self.weight.abs().sum(dim=1)).max())
         # Above this many positions per call the fp32 product (fp16 weights, `FewRowsLinear`) is faster:
-        # the widening screen's tiles hold 4 rows (`bench_decoder_products.py --heads-only`,
-        # docs/benchmarks.md); the byte screen stays ahead at every size measured.
-        self.max_rows = max_rows if max_rows is not None else (64 if self.bytes else 4)
+        # the screen's tiles hold 4 rows (`bench_decoder_products.py --heads-only`, docs/benchmarks.md).
+        self.max_rows = max_rows
         # Past this many candidates, scoring them one by one is slower than the fp32 projection.
         self.max_candidates = 4096
 
@@ -147,31 +106,19 @@ class ScreenedHead(FullHead):
     def available(weight: Tensor) -> bool:
         return FewRowsLinear.available(weight)
 
-    def scores(self, rows: Tensor) -> Tensor:
-        """The screen's approximate logits of `rows` [N, K], within `_bound` of the fp32 ones."""
-        if self.narrow is None:
-            return self.screen(rows)
-        scores = self.screen(rows * self.narrow)
-        if self.wide is not None:
-            scores += self.wide(rows[:, self.wide_channels].contiguous())
-        return scores
-
     def greedy(self, states: Tensor, mask: Mask) -> Tensor:
         rows = states.reshape(-1, states.shape[-1])
         if len(rows) > self.max_rows:
             return super().greedy(states, mask)
-        scores = mask(self.scores(rows).view((*states.shape[:-1], -1))).view(len(rows), -1)
-        if self.bytes:
-            chosen = self._greedy_by_token_bounds(rows, scores)
-            return super().greedy(states, mask) if chosen is None else chosen.view(states.shape[:-1])
+        scores = mask(self.screen(states)).view(len(rows), -1)
         # Two stages, both sound: a bound shared by a row's tokens (one cheap pass over the vocabulary)
         # keeps tens of tokens; each token's own bound keeps a few of those.
-        bound = self._bound(rows, self.max_half_step, self.max_activation_half)
+        bound = self._bound(rows, self.max_half_step)
         row, token = (scores >= scores.amax(dim=1, keepdim=True) - 2 * bound[:, None]).nonzero(as_tuple=True)
         if len(token) > self.max_candidates:
             return super().greedy(states, mask)
         score = scores[row, token]
-        bound = self._bound(rows[row], self.half_step[token], self.activation_half[token])
+        bound = self._bound(rows[row], self.half_step[token])
         best_lower = torch.full((len(rows),), -torch.inf).scatter_reduce_(0, row, score - bound, "amax")
         keep = score + bound >= best_lower[row]
         chosen = self._exact_argmax(rows, row[keep], token[keep])
@@ -179,29 +126,11 @@ class ScreenedHead(FullHead):
             return super().greedy(states, mask)
         return chosen.view(states.shape[:-1])
 
-    def _greedy_by_token_bounds(self, rows: Tensor, scores: Tensor) -> Tensor | None:
-        """The byte screen's choice from its masked `scores`: every token's own bound at once (None:
-        leave it to the fp32 product). A bound shared by a row's tokens is twice as wide as the
-        typical token's here (the activations' rounding weighs on tokens unevenly) and kept
-        thousands; a few passes over the scores cost less."""
-        bound = self._bound(rows[:, None], self.half_step, self.activation_half)
-        best_lower = (scores - bound).amax(dim=1, keepdim=True)
-        row, token = (scores + bound >= best_lower).nonzero(as_tuple=True)
-        if len(token) > self.max_candidates:
-            return None
-        chosen = self._exact_argmax(rows, row, token)
-        return None if (chosen == self.vocab_size).any() else chosen  # none: non-finite states
-
-    def _bound(self, rows: Tensor, half_step: Tensor | float, activation_half: Tensor | float) -> Tensor:
-        """Error bound of the screen's scores of `rows` for tokens with these half steps (widened)
-        and shares of the rows' activation steps."""
-        # fp32 rounding of the exact fp32 logits themselves (and of the wide channels' sums), generously.
+    def _bound(self, rows: Tensor, half_step: Tensor | float) -> Tensor:
+        """Error bound of the screen's scores of `rows` for tokens with these (widened) half steps."""
+        # fp32 rounding of the exact fp32 logits themselves, generously.
         slack = 1e-5 * rows.abs().amax(dim=-1) * self.max_row_l1 + 1e-3
-        if self.narrow is None:
-            return rows.abs().sum(dim=-1) * half_step + slack
-        narrow = rows.abs() * self.narrow
-        activation_step = narrow.amax(dim=-1) / 127
-        return narrow.sum(dim=-1) * half_step + activation_step * activation_half + slack
+        return rows.abs().sum(dim=-1) * half_step + slack
 
     def _exact_argmax(self, rows: Tensor, row: Tensor, token: Tensor) -> Tensor:
         """Per row, the candidate with the largest fp32 logit (the lowest token id among equals, as
@@ -214,16 +143,6 @@ class ScreenedHead(FullHead):
         return torch.full((len(rows),), self.vocab_size).scatter_reduce_(0, row, tied, "amin")
 
 
-def main_head(
-    weight: Tensor, bias: Tensor | None = None, final_norm: torch.nn.LayerNorm | None = None
-) -> FullHead:
-    """The screened head where the few-row kernel runs (x86 CPUs with AVX-512), fp32 elsewhere.
-    `final_norm`, the decoder's last layer norm, tells which channels of its states run large."""
-    if not ScreenedHead.available(weight):
-        return FullHead(weight, bias)
-    wide = None
-    if final_norm is not None:
-        # A normalised channel is mostly within 4 of zero: its gain and shift bound how large it runs.
-        reach = final_norm.weight.detach().abs() * 4 + final_norm.bias.detach().abs()
-        wide = reach.topk(min(WIDE_CHANNELS, len(reach))).indices
-    return ScreenedHead(weight, bias, wide_channels=wide)
+def main_head(weight: Tensor, bias: Tensor | None = None) -> FullHead:
+    """The screened head where the few-row kernel runs (x86 CPUs with AVX-512), fp32 elsewhere."""
+    return ScreenedHead(weight, bias) if ScreenedHead.available(weight) else FullHead(weight, bias)

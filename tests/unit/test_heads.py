@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spec_whisper.heads import FullHead, ScreenedHead, ShortlistHead, main_head
-from spec_whisper.linear import FewRowsLinear
+from spec_whisper.heads import FullHead, ScreenedHead, ShortlistHead
 
 VOCAB, WIDTH = 4099, 64
 
@@ -31,58 +30,33 @@ def _no_mask(logits: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Ten
     return logits
 
 
-BYTES = FewRowsLinear.bytes_available()
-# The screens: int8 weights times fp32 activations, and (on VNNI) times int8 activations with the
-# large channels of `_states` in fp32 beside them, or without (sound, but many candidates).
-SCREENS = {
-    "widening": {"byte_screen": False},
-    "bytes": {"byte_screen": True, "wide_channels": torch.tensor([2, 9])},
-    "bytes, no wide channels": {"byte_screen": True},
-}
-screens = pytest.mark.parametrize(
-    "screen",
-    [
-        pytest.param(name, marks=pytest.mark.skipif(name != "widening" and not BYTES, reason="needs VNNI"))
-        for name in SCREENS
-    ],
-)
-
-
-def _screened(weight: torch.Tensor, screen: str) -> ScreenedHead:
-    return ScreenedHead(weight, max_rows=64, **SCREENS[screen])
-
-
-@screens
 @pytest.mark.parametrize(("batch", "steps"), [(1, 1), (1, 5), (2, 4), (8, 1), (4, 4)])
-def test_screened_greedy_is_the_fp32_argmax(batch: int, steps: int, screen: str) -> None:
+def test_screened_greedy_is_the_fp32_argmax(batch: int, steps: int) -> None:
     weight = _weight()
-    full, screened = FullHead(weight), _screened(weight, screen)
+    full, screened = FullHead(weight), ScreenedHead(weight, max_rows=64)
     for seed in range(20):
         states = _states(batch, steps, seed)
         assert torch.equal(screened.greedy(states, _no_mask), full.logits(states).argmax(-1))
 
 
-@screens
-def test_screened_greedy_settles_near_ties_exactly(screen: str) -> None:
+def test_screened_greedy_settles_near_ties_exactly() -> None:
     weight = _weight()
     states = _states(1, 1)
     # Point the state at rows 3 and 7 (equal up to a relative 1e-6) so they lead every other token.
     states[0, 0] = weight[3] / weight[3].norm() * 50
     full_logits = FullHead(weight).logits(states)
     assert set(full_logits[0, 0].topk(2).indices.tolist()) == {3, 7}
-    assert torch.equal(_screened(weight, screen).greedy(states, _no_mask), full_logits.argmax(-1))
+    assert torch.equal(ScreenedHead(weight, max_rows=64).greedy(states, _no_mask), full_logits.argmax(-1))
 
 
-@screens
-def test_screened_greedy_breaks_exact_ties_towards_the_lowest_id(screen: str) -> None:
+def test_screened_greedy_breaks_exact_ties_towards_the_lowest_id() -> None:
     weight = _weight()
     states = _states(1, 1)
     states[0, 0] = weight[5] / weight[5].norm() * 50  # rows 5 and 11 are identical
-    assert _screened(weight, screen).greedy(states, _no_mask).item() == 5
+    assert ScreenedHead(weight, max_rows=64).greedy(states, _no_mask).item() == 5
 
 
-@screens
-def test_screened_greedy_respects_the_mask(screen: str) -> None:
+def test_screened_greedy_respects_the_mask() -> None:
     weight = _weight()
     states = _states(2, 3)
     full = FullHead(weight).logits(states)
@@ -93,57 +67,28 @@ def test_screened_greedy_respects_the_mask(screen: str) -> None:
 
     expected = mask(full).argmax(-1)
     assert not torch.isin(expected, banned).any()
-    assert torch.equal(_screened(weight, screen).greedy(states, mask), expected)
+    assert torch.equal(ScreenedHead(weight, max_rows=64).greedy(states, mask), expected)
 
 
-@screens
-def test_screen_error_stays_within_its_bound(screen: str) -> None:
+def test_screen_error_stays_within_its_bound() -> None:
     weight = _weight()
-    head = _screened(weight, screen)
+    head = ScreenedHead(weight, max_rows=64)
     rows = _states(3, 3).reshape(-1, WIDTH)
-    scores = head.scores(rows)
-    bound = head._bound(rows[:, None], head.half_step, head.activation_half)
+    scores = head.screen(rows)
+    bound = head._bound(rows[:, None], head.half_step)
     error = (scores.double() - rows.double() @ weight.double().T).abs()
     assert (error <= bound).all()
-    # The byte screen's own share of the bound is what the rounding of the activations can cost.
-    assert (head.activation_half > 0).all() == head.bytes
-    # ... and the bound leaves only a few candidates per row.
+    # ... and the bound is tight enough to leave only a few candidates per row.
     lower = (scores - bound).amax(dim=1, keepdim=True)
     assert (scores + bound >= lower).sum(dim=1).max() <= 20
 
 
-@pytest.mark.skipif(not BYTES, reason="needs VNNI")
-def test_large_channels_in_fp32_tighten_the_byte_screens_bound() -> None:
-    weight = _weight()
-    rows = _states(4, 4).reshape(-1, WIDTH)
-    bounds = {}
-    for screen in ("bytes", "bytes, no wide channels"):
-        head = _screened(weight, screen)
-        bounds[screen] = head._bound(rows[:, None], head.half_step, head.activation_half)
-    # A channel 40x the others sets the rounding step of every channel beside it.
-    assert (bounds["bytes"] < bounds["bytes, no wide channels"]).all()
-    assert bounds["bytes"].mean() * 3 < bounds["bytes, no wide channels"].mean()
-
-
-@screens
-def test_screened_greedy_on_non_finite_states_is_what_fp32_gives(screen: str) -> None:
+def test_screened_greedy_on_non_finite_states_is_what_fp32_gives() -> None:
     weight = _weight()
     states = _states(1, 3)
     states[0, 1, 4] = torch.nan
-    states[0, 2, 2] = torch.inf  # a wide channel, when there are any
     expected = FullHead(weight).logits(states).argmax(-1)
-    assert torch.equal(_screened(weight, screen).greedy(states, _no_mask), expected)
-
-
-def test_the_main_head_leaves_the_channels_its_final_norm_makes_large_to_fp32() -> None:
-    weight = _weight()
-    norm = torch.nn.LayerNorm(WIDTH)
-    with torch.no_grad():
-        norm.weight[[2, 9, 30]] = torch.tensor([40.0, 15.0, -20.0])
-    head = main_head(weight, final_norm=norm)
-    assert isinstance(head, ScreenedHead) and head.bytes == BYTES
-    if BYTES:
-        assert {2, 9, 30} <= set(head.wide_channels.tolist()) and len(head.wide_channels) == 16
+    assert torch.equal(ScreenedHead(weight, max_rows=64).greedy(states, _no_mask), expected)
 
 
 def test_screened_head_falls_back_to_fp32_for_many_rows() -> None:
