@@ -65,9 +65,10 @@ class SpeculativeWhisper:
         cuda_graphs: bool = True,
     ) -> None:
         """`int8_assistant`: run the assistant's products in int8 where the device has them (x86
-        CPUs; with VNNI its activations in int8 too) and, on a CPU, its cross-attention over bf16 keys and values: drafts need not be exact,
-        the main model checks each one in fp32. `turns`: share the CPU's cores with other processes'
-        stages by taking turns (serving on CPU; `core_turns`).
+        CPUs; with VNNI its activations in int8 too) and, on a CPU, its cross-attention over bf16
+        keys and values: drafts need not be exact, the main model checks each one in fp32. `turns`:
+        share the CPU's cores with other processes' stages by taking turns (serving on CPU;
+        `core_turns`).
         `cuda_graphs`: on a CUDA device, replay decoder passes from recorded graphs."""
         if unknown := set(stages) - STAGES:
             raise ValueError(f"unknown stages {sorted(unknown)}; expected a subset of {sorted(STAGES)}")
