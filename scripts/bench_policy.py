@@ -6,12 +6,13 @@ Policies: plain greedy (no drafts); the cost model choosing the length once per 
 cost model deciding again after every draft from the assistant's probabilities, with the prices
 the engine learns in place (the engine's default, `LiveCosts`) and with its start-up table alone;
 the constant k=5 with the +2/-1 heuristic; and the default once more with the assistant reading the
-main model's fp32 cross-attention keys and values instead of its bf16 copy (with prices of its own,
-learnt in place; its modelled seconds price a draft step as the others do). Each is timed in
-wall-clock seconds: the policies take turns on each chunk of `--batch` clips, and each chunk's best
-of `--repeats` rounds counts (these cores are shared and their speed drifts over minutes; timing
-each policy over all the clips in turn let one policy's ratio move by 15% between two runs). And in
-modelled seconds: the engine's prices as they stood at the start of the last round (the start-up
+main model's fp32 cross-attention keys and values instead of its bf16 copy, and with its products'
+int8 weights meeting fp32 activations instead of int8 ones (as on CPUs without VNNI); each of those
+two with prices of its own, learnt in place; their modelled seconds price a draft step as the others
+do. Each is timed in wall-clock seconds: the policies take turns on each chunk of `--batch` clips,
+and each chunk's best of `--repeats` rounds counts (these cores are shared and their speed drifts
+over minutes; timing each policy over all the clips in turn let one policy's ratio move by 15%
+between two runs). And in modelled seconds: the engine's prices as they stood at the start of the last round (the start-up
 table rescaled by every pass run before) summed over the passes the policy made, which does not
 move with the machine's mood and shows what the decisions are worth. Outputs are checked identical.
 """
@@ -38,6 +39,7 @@ from spec_whisper.cost_model import BATCHES, DecoderCosts, LiveCosts  # noqa: E4
 from spec_whisper.decoder import WhisperDecoderRunner  # noqa: E402
 from spec_whisper.drafters import CostModelPolicy, LengthPolicy  # noqa: E402
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
+from spec_whisper.linear import FewRowsLinear  # noqa: E402
 from spec_whisper.types import DecodingOptions  # noqa: E402
 
 
@@ -55,16 +57,21 @@ class PolicyEngine(SpeculativeWhisper):
     once_per_pass = False
     startup_table = False
     wide_cross = False
-    _wide_costs: LiveCosts | None = None
+    fp32_activations = False  # the caller swaps in an assistant built with fp32 activations
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._own_costs: dict[str, LiveCosts] = {}
 
     def length_policy(
         self, batch: int, draft_length: int | None, adaptive: bool, languages: Sequence[str] = ()
     ) -> LengthPolicy:
         costs = self.costs()
         assert isinstance(costs, LiveCosts)
-        if draft_length is None and self.wide_cross:
-            self._wide_costs = self._wide_costs or LiveCosts(costs.table)
-            return CostModelPolicy(self._wide_costs, batch)
+        variant = "wide_cross" if self.wide_cross else "fp32_activations" if self.fp32_activations else None
+        if draft_length is None and variant is not None:  # an assistant built otherwise: prices of its own
+            own = self._own_costs.setdefault(variant, LiveCosts(costs.table))
+            return CostModelPolicy(own, batch)
         if draft_length is None and self.startup_table:
             return CostModelPolicy(costs.table, batch)
         if draft_length is None and self.once_per_pass:
@@ -72,14 +79,16 @@ class PolicyEngine(SpeculativeWhisper):
         return super().length_policy(batch, draft_length, adaptive, languages)
 
 
-# name: (speculative, draft length, cost model once per pass, start-up table alone, fp32 cross-attention)
+# name: (speculative, draft length, cost model once per pass, start-up table alone, fp32 cross-attention,
+# assistant's products on fp32 activations)
 POLICIES = {
-    "greedy": (False, None, False, False, False),
-    "cost model, once per pass": (True, None, True, False, False),
-    "cost model, after every draft, start-up table": (True, None, False, True, False),
-    "cost model, after every draft (default)": (True, None, False, False, False),
-    "k=5, +2/-1": (True, 5, False, False, False),
-    "default, assistant on fp32 cross-attention": (True, None, False, False, True),
+    "greedy": (False, None, False, False, False, False),
+    "cost model, once per pass": (True, None, True, False, False, False),
+    "cost model, after every draft, start-up table": (True, None, False, True, False, False),
+    "cost model, after every draft (default)": (True, None, False, False, False, False),
+    "k=5, +2/-1": (True, 5, False, False, False, False),
+    "default, assistant on fp32 cross-attention": (True, None, False, False, True, False),
+    "default, assistant's products on fp32 activations": (True, None, False, False, False, True),
 }
 
 
@@ -140,6 +149,13 @@ def main() -> None:
     assistant = engine.assistant
     assert assistant is not None
     narrow = assistant.cross_dtype
+    # The same assistant as it loads on a CPU without VNNI: int8 weights widened to meet fp32 activations.
+    bytes_available = FewRowsLinear.bytes_available
+    FewRowsLinear.bytes_available = staticmethod(lambda: False)  # type: ignore[method-assign]
+    try:
+        fp32_assistant = SpeculativeWhisper.load(args.main, args.assistant).assistant
+    finally:
+        FewRowsLinear.bytes_available = bytes_available  # type: ignore[method-assign]
 
     load = np.round(os.getloadavg(), 2).tolist()
     lines = [
@@ -165,10 +181,11 @@ def main() -> None:
             results: dict[str, list] = {name: [] for name in POLICIES}
             modelled = dict.fromkeys(POLICIES, 0.0)
             for c, (s, chunk) in enumerate(zip(states, chunks, strict=True)):
-                for name, (_, _, once_per_pass, startup_table, wide_cross) in POLICIES.items():
+                for name, (_, _, once_per_pass, startup_table, wide_cross, fp32_acts) in POLICIES.items():
                     engine.once_per_pass, engine.startup_table = once_per_pass, startup_table
-                    engine.wide_cross = wide_cross
+                    engine.wide_cross, engine.fp32_activations = wide_cross, fp32_acts
                     assistant.cross_dtype = torch.float32 if wide_cross else narrow
+                    engine.assistant = fp32_assistant if fp32_acts else assistant
                     counter = CountingRunner(engine, prices)
                     began = time.perf_counter()
                     results[name] += engine.decode(s, [options[name]] * len(chunk))
