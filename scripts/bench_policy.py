@@ -12,9 +12,10 @@ two with prices of its own, learnt in place; their modelled seconds price a draf
 do. Each is timed in wall-clock seconds: the policies take turns on each chunk of `--batch` clips,
 and each chunk's best of `--repeats` rounds counts (these cores are shared and their speed drifts
 over minutes; timing each policy over all the clips in turn let one policy's ratio move by 15%
-between two runs). And in modelled seconds: the engine's prices as they stood at the start of the last round (the start-up
-table rescaled by every pass run before) summed over the passes the policy made, which does not
-move with the machine's mood and shows what the decisions are worth. Outputs are checked identical.
+between two runs). And in modelled seconds: the engine's prices as they stood at the start of the
+last round (the start-up table rescaled by every pass run before) summed over the passes the policy
+made, which does not move with the machine's mood and shows what the decisions are worth. Outputs
+are checked identical.
 """
 
 from __future__ import annotations
