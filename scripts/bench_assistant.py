@@ -38,6 +38,8 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from bench_engine import fp32_activation_engine  # noqa: E402  (scripts/, beside this file)
+
 from spec_whisper.distillation import (  # noqa: E402
     SETTINGS_FILE,
     DistilConfig,
@@ -166,19 +168,6 @@ def swapped_assistant(engine: SpeculativeWhisper, other: SpeculativeWhisper) -> 
         yield
     finally:
         engine.assistant = own
-
-
-def fp32_activation_engine(main: Path, assistant: Path) -> SpeculativeWhisper:
-    """The engine as it loads where the CPU has no VNNI: the assistant's int8 weights meet fp32
-    activations, widened in the few-row kernel."""
-    from spec_whisper.linear import FewRowsLinear
-
-    available = FewRowsLinear.bytes_available
-    FewRowsLinear.bytes_available = staticmethod(lambda: False)  # type: ignore[method-assign]
-    try:
-        return SpeculativeWhisper.load(main, assistant)
-    finally:
-        FewRowsLinear.bytes_available = available  # type: ignore[method-assign]
 
 
 @contextmanager

@@ -33,6 +33,7 @@ from spec_whisper.audio import decode_audio  # noqa: E402
 from spec_whisper.cost_model import BATCHES, TOKENS, PassCosts, synchronize  # noqa: E402
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
 from spec_whisper.heads import FullHead, ScreenedHead  # noqa: E402
+from spec_whisper.linear import use_int8_activations  # noqa: E402
 from spec_whisper.logit_filters import apply_filters  # noqa: E402
 from spec_whisper.types import DecodingOptions  # noqa: E402
 
@@ -123,6 +124,16 @@ def with_fp32_head(engine: SpeculativeWhisper) -> SpeculativeWhisper:
     main.head = FullHead(main.output_weight)
     variant.main = main
     return variant
+
+
+def fp32_activation_engine(main: str | Path, assistant: str | Path) -> SpeculativeWhisper:
+    """The engine as it loads on a CPU without VNNI: its assistant's int8 weights meet fp32
+    activations, widened in the few-row kernel (benchmarks compare it with the default)."""
+    use_int8_activations(False)
+    try:
+        return SpeculativeWhisper.load(main, assistant)
+    finally:
+        use_int8_activations(True)
 
 
 def run_ours(engine: SpeculativeWhisper, chunk: list[np.ndarray], run: Run, **options) -> None:

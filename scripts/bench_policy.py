@@ -34,13 +34,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_engine import engine_arguments, english_clips, record  # noqa: E402  (scripts/, beside this file)
+from bench_engine import engine_arguments, english_clips, fp32_activation_engine, record  # noqa: E402  (scripts/, beside this file)
 
 from spec_whisper.cost_model import BATCHES, DecoderCosts, LiveCosts  # noqa: E402
 from spec_whisper.decoder import WhisperDecoderRunner  # noqa: E402
 from spec_whisper.drafters import CostModelPolicy, LengthPolicy  # noqa: E402
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
-from spec_whisper.linear import FewRowsLinear  # noqa: E402
 from spec_whisper.types import DecodingOptions  # noqa: E402
 
 
@@ -150,13 +149,7 @@ def main() -> None:
     assistant = engine.assistant
     assert assistant is not None
     narrow = assistant.cross_dtype
-    # The same assistant as it loads on a CPU without VNNI: int8 weights widened to meet fp32 activations.
-    bytes_available = FewRowsLinear.bytes_available
-    FewRowsLinear.bytes_available = staticmethod(lambda: False)  # type: ignore[method-assign]
-    try:
-        fp32_assistant = SpeculativeWhisper.load(args.main, args.assistant).assistant
-    finally:
-        FewRowsLinear.bytes_available = bytes_available  # type: ignore[method-assign]
+    fp32_assistant = fp32_activation_engine(args.main, args.assistant).assistant
 
     load = np.round(os.getloadavg(), 2).tolist()
     lines = [

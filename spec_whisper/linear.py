@@ -20,7 +20,17 @@ __all__ = [
     "draft_linear",
     "fuse_linears",
     "int8_available",
+    "use_int8_activations",
 ]
+
+_int8_activations = True
+
+
+def use_int8_activations(enabled: bool) -> None:
+    """Let `draft_linear` round an assistant's activations to int8 where VNNI runs them, or not
+    (benchmarks compare both in one run). Products choose when their weights are packed."""
+    global _int8_activations
+    _int8_activations = enabled
 
 
 class FastLinear:
@@ -135,7 +145,7 @@ def draft_linear(weight: Tensor, bias: Tensor | None) -> FewRowsLinear | Int8Lin
     int8 activations where the CPU has VNNI), else fbgemm's int8 product, else fp32."""
     if FewRowsLinear.available(weight):
         # The kernel rounds activations 16 at a time.
-        bytes_ = weight.shape[1] % 16 == 0 and FewRowsLinear.bytes_available()
+        bytes_ = _int8_activations and weight.shape[1] % 16 == 0 and FewRowsLinear.bytes_available()
         return FewRowsLinear(weight, bias, int8=True, int8_activations=bytes_)
     return Int8Linear(weight, bias) if int8_available(weight) else FastLinear(weight, bias)
 

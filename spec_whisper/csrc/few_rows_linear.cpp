@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -103,22 +104,21 @@ void tile(const float* x, int64_t K, const W* w, const float* scale, const float
     }
 }
 
-// All M rows times one block, four rows at a time (the block stays in cache between them). The
-// last block of a vocabulary that is not a multiple of 64 goes through a scratch row.
-template <typename W>
-void block(const float* x, int64_t M, int64_t K, const W* w, const float* scale, const float* bias, float* y,
-           int64_t out, int64_t valid, bool stream) {
+// All M rows times one block of outputs at y, four rows at a time (the block stays in cache between
+// them): `tile(std::integral_constant<int, R>{}, m, target, stride)` computes rows m .. m + R into
+// `target`. The last block of a vocabulary that is not a multiple of 64 goes through a scratch row.
+template <typename Tile>
+void block(int64_t M, float* y, int64_t out, int64_t valid, Tile&& tile) {
   alignas(64) float scratch[4 * kBlock];
   for (int64_t m = 0; m < M; m += 4) {
     const int64_t rows = std::min<int64_t>(4, M - m);
     float* target = valid == kBlock ? y + m * out : scratch;
     const int64_t stride = valid == kBlock ? out : kBlock;
-    const float* xm = x + m * K;
     switch (rows) {
-      case 4: tile<4>(xm, K, w, scale, bias, target, stride, stream); break;
-      case 3: tile<3>(xm, K, w, scale, bias, target, stride, stream); break;
-      case 2: tile<2>(xm, K, w, scale, bias, target, stride, stream); break;
-      default: tile<1>(xm, K, w, scale, bias, target, stride, stream); break;
+      case 4: tile(std::integral_constant<int, 4>{}, m, target, stride); break;
+      case 3: tile(std::integral_constant<int, 3>{}, m, target, stride); break;
+      case 2: tile(std::integral_constant<int, 2>{}, m, target, stride); break;
+      default: tile(std::integral_constant<int, 1>{}, m, target, stride); break;
     }
     if (valid != kBlock)
       for (int64_t r = 0; r < rows; ++r) std::memcpy(y + (m + r) * out, scratch + r * kBlock, valid * sizeof(float));
@@ -134,9 +134,12 @@ void product(const torch::Tensor& x, const torch::Tensor& packed, const float* s
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t valid = std::min(kBlock, out - b * kBlock);
-      block(xp, M, K, wp + b * K * kBlock, scale ? scale + b * kBlock : nullptr, bias + b * kBlock, yp + b * kBlock,
-            out, valid, stream && M <= 4);
+      const int64_t o = b * kBlock;
+      const W* wb = wp + b * K * kBlock;
+      const float* sb = scale ? scale + o : nullptr;
+      block(M, yp + o, out, std::min(kBlock, out - o), [&](auto rows, int64_t m, float* target, int64_t stride) {
+        tile<decltype(rows)::value>(xp + m * K, K, wb, sb, bias + o, target, stride, stream && M <= 4);
+      });
     }
   });
 }
@@ -200,26 +203,13 @@ void byte_product(const torch::Tensor& x, const torch::Tensor& packed, const flo
   const int8_t* wp = packed.data_ptr<int8_t>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) float scratch[4 * kBlock];
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t valid = std::min(kBlock, out - b * kBlock), o = b * kBlock;
-      for (int64_t m = 0; m < M; m += 4) {
-        const int64_t rows = std::min<int64_t>(4, M - m);
-        float* target = valid == kBlock ? yp + m * out + o : scratch;
-        const int64_t stride = valid == kBlock ? out : kBlock;
-        const uint8_t* qm = q.data() + m * K;
-        const float* sm = row_step.data() + m;
-        const int8_t* wb = wp + b * K * kBlock;
-        switch (rows) {
-          case 4: byte_tile<4>(qm, sm, K, wb, weight_step + o, weight_sum + o, bias + o, target, stride); break;
-          case 3: byte_tile<3>(qm, sm, K, wb, weight_step + o, weight_sum + o, bias + o, target, stride); break;
-          case 2: byte_tile<2>(qm, sm, K, wb, weight_step + o, weight_sum + o, bias + o, target, stride); break;
-          default: byte_tile<1>(qm, sm, K, wb, weight_step + o, weight_sum + o, bias + o, target, stride); break;
-        }
-        if (valid != kBlock)
-          for (int64_t r = 0; r < rows; ++r)
-            std::memcpy(yp + (m + r) * out + o, scratch + r * kBlock, valid * sizeof(float));
-      }
+      const int64_t o = b * kBlock;
+      const int8_t* wb = wp + b * K * kBlock;
+      block(M, yp + o, out, std::min(kBlock, out - o), [&](auto rows, int64_t m, float* target, int64_t stride) {
+        byte_tile<decltype(rows)::value>(q.data() + m * K, row_step.data() + m, K, wb, weight_step + o,
+                                         weight_sum + o, bias + o, target, stride);
+      });
     }
   });
 }
