@@ -104,43 +104,46 @@ void tile(const float* x, int64_t K, const W* w, const float* scale, const float
     }
 }
 
-// All M rows times one block of outputs at y, four rows at a time (the block stays in cache between
-// them): `tile(std::integral_constant<int, R>{}, m, target, stride)` computes rows m .. m + R into
-// `target`. The last block of a vocabulary that is not a multiple of 64 goes through a scratch row.
+// All M rows times every block of 64 outputs of y [M, out], blocks shared out between the threads,
+// four rows at a time within a block (which stays in cache between them):
+// `tile(std::integral_constant<int, R>{}, b, m, target, stride)` computes rows m .. m + R of block b
+// into `target`. The last block of a vocabulary that is not a multiple of 64 goes through a scratch row.
 template <typename Tile>
-void block(int64_t M, float* y, int64_t out, int64_t valid, Tile&& tile) {
-  alignas(64) float scratch[4 * kBlock];
-  for (int64_t m = 0; m < M; m += 4) {
-    const int64_t rows = std::min<int64_t>(4, M - m);
-    float* target = valid == kBlock ? y + m * out : scratch;
-    const int64_t stride = valid == kBlock ? out : kBlock;
-    switch (rows) {
-      case 4: tile(std::integral_constant<int, 4>{}, m, target, stride); break;
-      case 3: tile(std::integral_constant<int, 3>{}, m, target, stride); break;
-      case 2: tile(std::integral_constant<int, 2>{}, m, target, stride); break;
-      default: tile(std::integral_constant<int, 1>{}, m, target, stride); break;
+void blocks(int64_t M, int64_t count, float* y, int64_t out, Tile&& tile) {
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) float scratch[4 * kBlock];
+    for (int64_t b = begin; b < end; ++b) {
+      float* yb = y + b * kBlock;
+      const int64_t valid = std::min(kBlock, out - b * kBlock);
+      for (int64_t m = 0; m < M; m += 4) {
+        const int64_t rows = std::min<int64_t>(4, M - m);
+        float* target = valid == kBlock ? yb + m * out : scratch;
+        const int64_t stride = valid == kBlock ? out : kBlock;
+        switch (rows) {
+          case 4: tile(std::integral_constant<int, 4>{}, b, m, target, stride); break;
+          case 3: tile(std::integral_constant<int, 3>{}, b, m, target, stride); break;
+          case 2: tile(std::integral_constant<int, 2>{}, b, m, target, stride); break;
+          default: tile(std::integral_constant<int, 1>{}, b, m, target, stride); break;
+        }
+        if (valid != kBlock)
+          for (int64_t r = 0; r < rows; ++r)
+            std::memcpy(yb + (m + r) * out, scratch + r * kBlock, valid * sizeof(float));
+      }
     }
-    if (valid != kBlock)
-      for (int64_t r = 0; r < rows; ++r) std::memcpy(y + (m + r) * out, scratch + r * kBlock, valid * sizeof(float));
-  }
+  });
 }
 
 template <typename W>
 void product(const torch::Tensor& x, const torch::Tensor& packed, const float* scale, const float* bias,
              torch::Tensor& y, bool stream) {
-  const int64_t M = x.size(0), K = x.size(1), blocks = packed.size(0), out = y.size(1);
+  const int64_t M = x.size(0), K = x.size(1);
   const float* xp = x.data_ptr<float>();
   const W* wp = packed.data_ptr<W>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t o = b * kBlock;
-      const W* wb = wp + b * K * kBlock;
-      const float* sb = scale ? scale + o : nullptr;
-      block(M, yp + o, out, std::min(kBlock, out - o), [&](auto rows, int64_t m, float* target, int64_t stride) {
-        tile<decltype(rows)::value>(xp + m * K, K, wb, sb, bias + o, target, stride, stream && M <= 4);
-      });
-    }
+  blocks(M, packed.size(0), y.data_ptr<float>(), y.size(1), [&](auto rows, int64_t b, int64_t m, float* target,
+                                                                  int64_t stride) {
+    const int64_t o = b * kBlock;
+    tile<decltype(rows)::value>(xp + m * K, K, wp + b * K * kBlock, scale ? scale + o : nullptr, bias + o, target,
+                                stride, stream && M <= 4);
   });
 }
 #endif
@@ -196,21 +199,16 @@ void byte_tile(const uint8_t* q, const float* row_step, int64_t K, const int8_t*
 
 void byte_product(const torch::Tensor& x, const torch::Tensor& packed, const float* weight_step,
                   const float* weight_sum, const float* bias, torch::Tensor& y) {
-  const int64_t M = x.size(0), K = x.size(1), blocks = packed.size(0), out = y.size(1);
+  const int64_t M = x.size(0), K = x.size(1);
   std::vector<uint8_t> q(M * K);
   std::vector<float> row_step(M);
   quantize_rows(x.data_ptr<float>(), M, K, q.data(), row_step.data());
   const int8_t* wp = packed.data_ptr<int8_t>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t o = b * kBlock;
-      const int8_t* wb = wp + b * K * kBlock;
-      block(M, yp + o, out, std::min(kBlock, out - o), [&](auto rows, int64_t m, float* target, int64_t stride) {
-        byte_tile<decltype(rows)::value>(q.data() + m * K, row_step.data() + m, K, wb, weight_step + o,
-                                         weight_sum + o, bias + o, target, stride);
-      });
-    }
+  blocks(M, packed.size(0), y.data_ptr<float>(), y.size(1), [&](auto rows, int64_t b, int64_t m, float* target,
+                                                                  int64_t stride) {
+    const int64_t o = b * kBlock;
+    byte_tile<decltype(rows)::value>(q.data() + m * K, row_step.data() + m, K, wp + b * K * kBlock, weight_step + o,
+                                     weight_sum + o, bias + o, target, stride);
   });
 }
 #endif
