@@ -5,7 +5,7 @@
 // 6 layers x 1500 frames x 512 x 2 in fp32), the largest read of the pass. PyTorch's CPU attention
 // tiles queries and keys for matrix products, packing each block of keys, which pays for long query
 // blocks, not for the 1-17 queries per row of a decoder pass. Here every key and value row is read
-// once, for all the queries of its row: 1.3-2.6x faster than PyTorch's at batch 1-16 and 1-5 queries
+// once, for all the queries of its row: 1.8-5.1x faster than PyTorch's at batch 1-16 and 1-9 queries
 // on the machine this was written on (docs/benchmarks.md). Self-attention needs a mask with
 // PyTorch's; here each query simply stops at its own position.
 //
@@ -88,13 +88,13 @@ inline __m512 lane_sums(const __m512 (&a)[16]) {
     pairs[i] = exact_add(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
   for (int i = 0; i < 4; ++i)  // per 128 bits: the four vectors' sums over those 128 bits
     quads[i] = exact_add(_mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+                         _mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
   const __m512 low = exact_add(_mm512_shuffle_f32x4(quads[0], quads[1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                   _mm512_shuffle_f32x4(quads[0], quads[1], _MM_SHUFFLE(3, 2, 3, 2)));
+                               _mm512_shuffle_f32x4(quads[0], quads[1], _MM_SHUFFLE(3, 2, 3, 2)));
   const __m512 high = exact_add(_mm512_shuffle_f32x4(quads[2], quads[3], _MM_SHUFFLE(1, 0, 1, 0)),
-                                    _mm512_shuffle_f32x4(quads[2], quads[3], _MM_SHUFFLE(3, 2, 3, 2)));
+                                _mm512_shuffle_f32x4(quads[2], quads[3], _MM_SHUFFLE(3, 2, 3, 2)));
   return exact_add(_mm512_shuffle_f32x4(low, high, _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_f32x4(low, high, _MM_SHUFFLE(3, 1, 3, 1)));
+                   _mm512_shuffle_f32x4(low, high, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 // One query's dot products with keys [0, count) of a block of 16, as a vector (zero past count).
@@ -196,7 +196,8 @@ template <typename KV>
 void weigh_values(const float* weights, int64_t L, const KV* v, int64_t T, const int64_t* seen, float* out,
                   int64_t out_stride) {
   for (int64_t t = 0; t < T; ++t) std::fill(out + t * out_stride, out + t * out_stride + kHeadDim, 0.f);
-  for (int64_t l = 0; l < *std::max_element(seen, seen + T); ++l) {
+  const int64_t longest = *std::max_element(seen, seen + T);
+  for (int64_t l = 0; l < longest; ++l) {
     const KV* value = v + l * kHeadDim;
     for (int64_t t = 0; t < T; ++t) {
       if (l >= seen[t]) continue;
