@@ -37,11 +37,8 @@
 #include <cstring>
 #include <vector>
 
+#include "exact_simd.h"
 #include "exp.h"
-
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
 
 namespace {
 
@@ -74,14 +71,9 @@ inline void prefetch(const void* begin, int64_t bytes) {
   for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(p + i, _MM_HINT_T0);
 }
 
-// An addition fast math may not regroup (the module is built with -ffast-math for the softmax's exp):
-// a key's score must not depend on how the compiler arranges the block around it.
-inline __m512 exact_add(__m512 a, __m512 b) {
-  return _mm512_add_round_ps(a, b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-
-// The lane sums of 16 vectors as one vector, summed in the same tree for each: a horizontal sum per
-// dot product cost more than its four multiply-adds, and verify passes make several per key.
+// The lane sums of 16 vectors as one vector, summed in the same tree for each (exact_add: a key's
+// score must not depend on where its block ends). A horizontal sum per dot product cost more than its
+// four multiply-adds, and verify passes make several per key.
 inline __m512 lane_sums(const __m512 (&a)[16]) {
   __m512 pairs[8], quads[4];
   for (int i = 0; i < 8; ++i)  // per 128 bits: [a0 + a2, b0 + b2, a1 + a3, b1 + b3]

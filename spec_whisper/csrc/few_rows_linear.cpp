@@ -35,9 +35,7 @@
 #include <type_traits>
 #include <vector>
 
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
+#include "exact_simd.h"
 
 namespace {
 
@@ -48,15 +46,6 @@ constexpr int64_t kAhead = 16;  // rows of a block prefetched ahead when streami
 #ifdef __AVX512F__
 constexpr int64_t kLanes = 16;
 constexpr int kRegisters = kBlock / kLanes;
-
-// An addition fast math may not regroup (the module is built with -ffast-math for the attention's
-// exp): the sums above must not depend on how the compiler unrolls each row count.
-inline __m512 exact_add(__m512 a, __m512 b) {
-  return _mm512_add_round_ps(a, b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-inline __m512 exact_mul(__m512 a, __m512 b) {
-  return _mm512_mul_round_ps(a, b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
 
 // 16 weights of one packed row as fp32: loaded, or widened from fp16 or int8 (exactly).
 inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
