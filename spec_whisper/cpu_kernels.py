@@ -3,19 +3,21 @@
 `csrc/` holds the decoder's and the encoder's attention (`cpu_attention.py`), the decoder's
 few-row products (`linear.FewRowsLinear`) and a decoder layer's pass in one call (`decoder.py`).
 They are compiled on first use with `-march=native` (about 90 s; `torch.utils.cpp_extension` caches
-the build). Without a C++ compiler, or with
-SPEC_WHISPER_CPU_KERNEL=0, everything runs on PyTorch's own operators: correct, only slower.
+the build), or for the target that SPEC_WHISPER_CPU_ARCH names (`x86-64-v3`: AVX2 without AVX-512,
+where the kernels take their portable loops and the products PyTorch's). Without a C++ compiler, or
+with SPEC_WHISPER_CPU_KERNEL=0, everything runs on PyTorch's own operators: correct, only slower.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import warnings
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["kernels", "kernels_available", "use_kernels"]
+__all__ = ["kernels", "kernels_available", "target_arch", "use_kernels"]
 
 _SOURCES = [
     Path(__file__).resolve().parent / "csrc" / name
@@ -38,6 +40,11 @@ def use_kernels(enabled: bool) -> None:
     _enabled = enabled
 
 
+def target_arch() -> str:
+    """The `-march` the kernels are built for: this machine's own unless SPEC_WHISPER_CPU_ARCH says."""
+    return os.environ.get("SPEC_WHISPER_CPU_ARCH", "native")
+
+
 def kernels() -> ModuleType | None:
     """The built module when the kernels are on, else None."""
     return _build() if _enabled else None
@@ -58,12 +65,15 @@ def _build() -> ModuleType | None:
         os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
     except ImportError:
         pass
+    arch = target_arch()
+    # One build per target, so that switching targets never loads another target's cached build.
+    suffix = "" if arch == "native" else "_" + re.sub(r"\W", "_", arch)
     try:
         return load(
-            name="spec_whisper_cpu_kernels",
+            name=f"spec_whisper_cpu_kernels{suffix}",
             sources=[str(path) for path in _SOURCES],
-            # -march=native: built where it runs. Fast math vectorises exp(); infinities stay defined.
-            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
+            # Fast math vectorises exp(); infinities stay defined.
+            extra_cflags=["-O3", f"-march={arch}", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
             verbose=False,
         )
     except Exception as error:  # no compiler or no ninja: correct, only slower
