@@ -11,7 +11,8 @@ place, where a main pass has left them cold.
 
 The encoder's self-attention kernel (`csrc/encoder_attention.cpp`) keeps blocks of queries in
 registers against keys held in cache, from the fused projection's output to the output projection's
-input without transposes (18 ms a whisper-base layer against PyTorch's 29 ms here).
+input without transposes (18 ms a whisper-base layer against PyTorch's 29 ms here). Its tiles need
+AVX-512; elsewhere the encoder takes PyTorch's attention.
 
 Both are built by `cpu_kernels` and cover fp32 CPU tensors with heads of 64, every Whisper size; the
 decoder's cross-attention also takes bf16 keys and values (an assistant's copy, for drafts).
@@ -88,7 +89,8 @@ def _merge_heads(x: Tensor) -> Tensor:
 def encoder_attention(qkv: Tensor, heads: int) -> Tensor:
     """Self-attention over all frames, from the fused projection's `qkv [B, T, 3 * width]` (queries
     not yet scaled) to `[B, T, width]`, as transformers' Whisper encoder computes it."""
-    if _fits_encoder_kernel(qkv, heads) and (kernel := kernels()) is not None:
+    kernel = kernels() if _fits_encoder_kernel(qkv, heads) else None
+    if kernel is not None and kernel.encoder_attention_supported():
         return kernel.encoder_attention(qkv, heads)
     width = qkv.shape[2] // 3
     q, k, v = qkv.split(width, dim=-1)

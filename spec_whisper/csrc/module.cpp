@@ -5,6 +5,7 @@ torch::Tensor decoder_self_attention(const torch::Tensor& qkv, torch::Tensor& ca
                                      const torch::Tensor& start, double scale);
 torch::Tensor decoder_cross_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                       double scale, const c10::optional<torch::Tensor>& frames);
+bool encoder_attention_supported();
 torch::Tensor encoder_attention(const torch::Tensor& qkv, int64_t heads);
 bool few_rows_linear_supported();
 std::vector<torch::Tensor> few_rows_linear_pack(const torch::Tensor& weight, const torch::Tensor& bias,
@@ -20,6 +21,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decoder_self_attention", &decoder_self_attention,
         "a decoder layer's self-attention from its fused q, k, v, writing the new keys and values to its cache");
   m.def("decoder_cross_attention", &decoder_cross_attention, "cross-attention from and to the merged heads");
+  m.def("encoder_attention_supported", &encoder_attention_supported,
+        "whether encoder_attention was built for the vectors its tiles are sized for (AVX-512)");
   m.def("encoder_attention", &encoder_attention, "an encoder's self-attention from its fused q, k, v");
   m.def("few_rows_linear_supported", &few_rows_linear_supported, "whether the product was built (AVX-512)");
   m.def("few_rows_linear_pack", &few_rows_linear_pack, "weights and bias packed for few_rows_linear");
