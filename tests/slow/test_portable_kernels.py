@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def chosen(speech_dir: Path, clips: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def chosen(clips: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Six held-out English clips and one of each FLEURS language."""
     english = [c for c in clips if c["language"] == "en"][40:46]
     others = {c["language"]: c for c in reversed(clips) if c["language"] != "en"}
@@ -39,7 +39,14 @@ def native_greedy(whisper_base_dir: Path, chosen: list[dict[str, Any]]) -> list[
     return [r.tokens for r in engine.decode(states, [DecodingOptions(speculative=False)] * len(chosen))]
 
 
-def _decode_in(environment: dict[str, str], whisper_base_dir, assistant_dir, speech_dir, chosen) -> dict:
+def _decode_in(
+    environment: dict[str, str],
+    whisper_base_dir: Path,
+    assistant_dir: Path,
+    speech_dir: Path,
+    chosen: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """`decode_clips.py`'s report from a fresh interpreter with `environment` added to ours."""
     paths = [str(speech_dir / c["path"]) for c in chosen]
     env = {**os.environ, **environment, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
