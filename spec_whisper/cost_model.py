@@ -143,6 +143,19 @@ class DecoderCosts:
         """A fixed table has measured nothing in place (`LiveCosts.drafting_pays`)."""
         return None
 
+    def describe(self, batches: Sequence[int] = (1, 8)) -> str:
+        """The table in a line per batch size, for a server's log: the main pass over 1, 2, 4 and 8
+        tokens per row, and an assistant step (and what the first of a pass costs on top), in ms."""
+        lines = []
+        for batch in batches:
+            verify = "/".join(f"{self.verify_s(batch, t) * 1e3:.1f}" for t in (1, 2, 4, 8))
+            step, first = self.draft_s(batch), self.drafting_s(batch, 1) - self.draft_s(batch)
+            lines.append(
+                f"batch {batch}: main pass over 1/2/4/8 tokens {verify} ms, "
+                f"assistant step {step * 1e3:.1f} ms (+{first * 1e3:.1f} the first of a pass)"
+            )
+        return "; ".join(lines)
+
     @classmethod
     @torch.inference_mode()
     def measure(
@@ -204,9 +217,10 @@ class LiveCosts:
         self.first_scale = np.ones(len(BATCHES))
         self.draft_scale = np.ones(len(BATCHES))
         self._prices: dict[tuple[int, int], list[float]] = {}  # pass_prices until the next observe
-        # Exponential averages of seconds and committed tokens per pass by batch size, [plain, drafting].
+        # Averages of seconds and committed tokens per pass by batch size, [plain, drafting] (`observe`).
         self._spent = [[0.0, 0.0] for _ in BATCHES]
         self._committed = [[0.0, 0.0] for _ in BATCHES]
+        self._readings = [[0, 0] for _ in BATCHES]
 
     @property
     def verify(self) -> np.ndarray:
@@ -253,7 +267,7 @@ class LiveCosts:
         (at batch 8 here the start-up table put a 2-token pass at 1.2 plain passes, in place 1.5)."""
         size = self._size(batch)
         (plain_s, drafting_s), (plain, drafting) = self._spent[size], self._committed[size]
-        if not (plain and drafting):
+        if not all(self._readings[size]):
             return None
         return drafting_s / drafting < plain_s / plain
 
@@ -261,9 +275,16 @@ class LiveCosts:
         size = self._size(timed.rows)
         kind = int(timed.drafts > 0)
         if timed.committed and (kind or timed.tokens == 1):  # not a request's first pass (its prompt)
-            weight = self.weight if self._committed[size][kind] else 1.0
+            # A mean of the readings so far until there are 1 / weight of them, an exponential average
+            # after; each reading within [1/4, 4] of what the prices say the pass costs. A verdict
+            # against drafting is only revisited by rare probes: one stalled first reading taken at
+            # full weight had made drafting look dear for hundreds of passes.
+            self._readings[size][kind] += 1
+            weight = max(self.weight, 1.0 / self._readings[size][kind])
+            priced = self.verify_s(timed.rows, timed.tokens) + self.drafting_s(timed.rows, timed.drafts)
+            seconds = float(min(max(timed.draft_s + timed.verify_s, priced / 4), priced * 4))
             spent, committed = self._spent[size], self._committed[size]
-            spent[kind] += weight * (timed.draft_s + timed.verify_s - spent[kind])
+            spent[kind] += weight * (seconds - spent[kind])
             committed[kind] += weight * (timed.committed - committed[kind])
         self._prices.clear()
         self.verify_scale[size] = self._updated(

@@ -42,9 +42,13 @@ def test_speculative_equals_greedy(triton_url: str, pcm: list[np.ndarray], greed
     results = [transcribe(triton_url, audio=clip) for clip in pcm]  # one at a time: batch of 1
     for clip, result, expected in zip(CLIPS, results, greedy, strict=True):
         assert result.tokens == expected, clip
-    assert sum(r.stats[0] for r in results) > 0, "the assistant never drafted"
-    # A fixed draft length changes how the work is split, never the tokens.
-    assert transcribe(triton_url, audio=pcm[1], draft_length=3).tokens == greedy[1]
+    # The default draft lengths follow pass prices timed on this machine and may rightly be plain
+    # passes (they were for all five clips once in CI, after the earlier tests' requests); a fixed
+    # draft length drafts on every pass, and changes how the work is split, never the tokens.
+    for clip, audio, expected, length in zip(CLIPS, pcm, greedy, (2, 3, 5, 8, 4), strict=True):
+        fixed = transcribe(triton_url, audio=audio, draft_length=length)
+        assert fixed.tokens == expected, (clip, length)
+        assert fixed.stats[0] > 0, "the assistant never drafted"
 
 
 def _batched_requests(url: str) -> tuple[int, int]:

@@ -148,6 +148,12 @@ def _pass(
     return PassTime(rows, tokens, drafts, costs.drafting_s(rows, drafts) * draft_x, verify)
 
 
+def test_the_table_described_for_the_log() -> None:
+    line = _costs(0.5, 0.25).describe()
+    assert line.startswith("batch 1: main pass over 1/2/4/8 tokens 1000.0/1500.0/2500.0/4500.0 ms")
+    assert "assistant step 250.0 ms (+0.0 the first of a pass); batch 8:" in line
+
+
 def test_live_costs_follow_the_passes_run_in_place() -> None:
     table = _costs(0.02, 0.05)
     live = LiveCosts(table, weight=0.2)
@@ -260,6 +266,18 @@ def test_drafting_measured_cheaper_goes_on_with_a_plain_pass_now_and_then() -> N
     chosen = _run_policy(CostModelPolicy(live, batch=1, probe_every=8, check_every=4), 40, 1.5)
     assert live.drafting_pays(1) is True
     assert chosen.count(0) == 8 and all(k > 0 for i, k in enumerate(chosen) if i % 5 != 4)
+
+
+def test_one_stalled_first_drafting_pass_does_not_stop_drafting() -> None:
+    """The first pass that drafts stalls for 1000 s (a cold start, another process on the cores);
+    every other drafting pass costs 1.5 s for 2 tokens against 1 s for a plain pass's 1 token."""
+    live = LiveCosts(_costs(0.0, 0.25), weight=0.1)
+    policy = CostModelPolicy(live, batch=1)  # a plain pass to compare with after 32 that draft
+    stalled = PassTime(1, 2, 1, 999.5, 1.0, 999.5, 2)
+    policy.observe(torch.tensor([1]), 1, stalled)
+    chosen = _run_policy(policy, 99, 1.5)
+    assert live.drafting_pays(1) is True
+    assert [i for i, k in enumerate(chosen) if k == 0] == [31, 64, 97]  # the checks only
 
 
 def test_the_engine_starts_each_language_from_the_acceptance_it_has_seen(tiny) -> None:
