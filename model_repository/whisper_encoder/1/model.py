@@ -23,7 +23,12 @@ class TritonPythonModel:
         self.device = serving.device_for(args["model_instance_kind"], args["model_instance_device_id"])
         settings = serving.engine_arguments(params, args["model_repository"])
         turns = serving.core_turns(params, args["model_repository"], self.device)
-        self.engine = SpeculativeWhisper.load(**settings, device=self.device, stages={"encoder"}, turns=turns)
+        # Loading in a turn: the decoder times its passes in one at start-up (`engine.costs`), and Triton
+        # loads the models at the same time.
+        with turns():
+            self.engine = SpeculativeWhisper.load(
+                **settings, device=self.device, stages={"encoder"}, turns=turns
+            )
         self.per_pass = int(params.get("max_windows_per_pass", "16"))
 
     def _mel(self, request) -> torch.Tensor:
