@@ -52,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="synthetic 30 s windows per language, replacing the default (e.g. en=300 de=16)",
     )
     parser.add_argument(
+        "--speeds",
+        type=float,
+        nargs="*",
+        help="speeds the real training clips are also packed at (default 0.9 1.1; none: only as recorded)",
+    )
+    parser.add_argument(
         "--threads", type=int, help="torch threads (default: 2, or 1 while other work keeps the CPU busy)"
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
@@ -68,6 +74,8 @@ def config_from(args: argparse.Namespace) -> DistilConfig:
         overrides["max_train_s"] = 60 * args.max_train_minutes
     if args.layers:
         overrides["layers"] = tuple(args.layers)
+    if args.speeds is not None:
+        overrides["speeds"] = tuple(args.speeds)
     if args.synthetic:
         overrides["synthetic"] = tuple(_language_count(item) for item in args.synthetic)
     return DistilConfig.quick(**overrides) if args.quick else DistilConfig(**overrides)

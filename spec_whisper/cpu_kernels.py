@@ -27,6 +27,7 @@ _SOURCES = [
         "decoder_layer.cpp",
         "encoder_attention.cpp",
         "few_rows_linear.cpp",
+        "screened_argmax.cpp",
     )
 ]
 

@@ -87,14 +87,14 @@ class ScreenedHead(FullHead):
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, max_rows: int = 4) -> None:
         super().__init__(weight, bias)
-        self.weight = weight.detach()
-        self.bias = None if bias is None else bias.detach()
+        self.weight = weight.detach().float().contiguous()
+        self.bias = None if bias is None else bias.detach().float().contiguous()
         self.screen = FewRowsLinear(self.weight, self.bias, int8=True, stream=True)
+        self.kernel = self.screen.kernel
         unit = torch.finfo(torch.float32).eps / 2
         width = weight.shape[1] + 2  # the sum's terms, the scaling and the bias
         gamma = width * unit / (1 - width * unit)
-        self.half_step = self.screen.step / 2 * (1 + 2 * 127 * gamma)
-        self.max_half_step = float(self.half_step.max())
+        self.half_step = (self.screen.step / 2 * (1 + 2 * 127 * gamma)).contiguous()
         self.max_row_l1 = float((self.weight.abs().sum(dim=1)).max())
         # Above this many positions per call the fp32 product (fp16 weights, `FewRowsLinear`) is faster:
         # the screen's tiles hold 4 rows (`bench_decoder_products.py --heads-only`, docs/benchmarks.md).
@@ -110,37 +110,24 @@ class ScreenedHead(FullHead):
         rows = states.reshape(-1, states.shape[-1])
         if len(rows) > self.max_rows:
             return super().greedy(states, mask)
-        scores = mask(self.screen(states)).view(len(rows), -1)
-        # Two stages, both sound: a bound shared by a row's tokens (one cheap pass over the vocabulary)
-        # keeps tens of tokens; each token's own bound keeps a few of those.
-        bound = self._bound(rows, self.max_half_step)
-        row, token = (scores >= scores.amax(dim=1, keepdim=True) - 2 * bound[:, None]).nonzero(as_tuple=True)
-        if len(token) > self.max_candidates:
-            return super().greedy(states, mask)
-        score = scores[row, token]
-        bound = self._bound(rows[row], self.half_step[token])
-        best_lower = torch.full((len(rows),), -torch.inf).scatter_reduce_(0, row, score - bound, "amax")
-        keep = score + bound >= best_lower[row]
-        chosen = self._exact_argmax(rows, row[keep], token[keep])
-        if (chosen == self.vocab_size).any():  # a row without candidates: non-finite states
+        scores = mask(self.screen(states)).reshape(len(rows), -1).contiguous()
+        rows = rows.contiguous()
+        l1, slack = self.row_bounds(rows)
+        # Candidates and their fp32 logits in one call (`csrc/screened_argmax.cpp`), summed as the
+        # full product sums them, so both heads choose from the same bits.
+        chosen = self.kernel.screened_argmax(
+            scores, rows, self.weight, self.bias, self.half_step, l1, slack, self.max_candidates
+        )
+        if (chosen < 0).any():  # non-finite states, or too many candidates to score one by one
             return super().greedy(states, mask)
         return chosen.view(states.shape[:-1])
 
-    def _bound(self, rows: Tensor, half_step: Tensor | float) -> Tensor:
-        """Error bound of the screen's scores of `rows` for tokens with these (widened) half steps."""
+    def row_bounds(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Per row, `l1` and `slack`: the screen's score of token j is within `l1 * half_step[j] + slack`
+        of its fp32 logit."""
         # fp32 rounding of the exact fp32 logits themselves, generously.
         slack = 1e-5 * rows.abs().amax(dim=-1) * self.max_row_l1 + 1e-3
-        return rows.abs().sum(dim=-1) * half_step + slack
-
-    def _exact_argmax(self, rows: Tensor, row: Tensor, token: Tensor) -> Tensor:
-        """Per row, the candidate with the largest fp32 logit (the lowest token id among equals, as
-        `argmax` over the full vocabulary would choose)."""
-        exact = torch.linalg.vecdot(self.weight[token], rows[row])
-        if self.bias is not None:
-            exact += self.bias[token]
-        best = torch.full((len(rows),), -torch.inf).scatter_reduce_(0, row, exact, "amax")
-        tied = torch.where(exact == best[row], token, self.vocab_size)
-        return torch.full((len(rows),), self.vocab_size).scatter_reduce_(0, row, tied, "amin")
+        return rows.abs().sum(dim=-1), slack
 
 
 def main_head(weight: Tensor, bias: Tensor | None = None) -> FullHead:

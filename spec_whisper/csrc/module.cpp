@@ -15,6 +15,11 @@ std::vector<torch::Tensor> few_rows_linear_pack_bytes(const torch::Tensor& weigh
                                                       const torch::Tensor& step);
 torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& bias,
                               const c10::optional<torch::Tensor>& scale, int64_t out_features, bool stream);
+torch::Tensor screened_argmax(const torch::Tensor& scores, const torch::Tensor& states, const torch::Tensor& weight,
+                              const c10::optional<torch::Tensor>& bias, const torch::Tensor& half_step,
+                              const torch::Tensor& l1, const torch::Tensor& slack, int64_t max_candidates);
+torch::Tensor kernel_order_logits(const torch::Tensor& states, const torch::Tensor& weight,
+                                  const torch::Tensor& tokens);
 void bind_decoder_layer(pybind11::module& m);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -31,5 +36,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("few_rows_linear_pack_bytes", &few_rows_linear_pack_bytes,
         "int8 weights, bias and steps packed for few_rows_linear with int8 activations");
   m.def("few_rows_linear", &few_rows_linear, "x W^T + b for a decoder pass's few rows");
+  m.def("screened_argmax", &screened_argmax, "the screened head's candidates and their fp32 argmax");
+  m.def("kernel_order_logits", &kernel_order_logits, "fp32 logits summed in few_rows_linear's order");
   bind_decoder_layer(m);
 }

@@ -75,12 +75,23 @@ def test_screen_error_stays_within_its_bound() -> None:
     head = ScreenedHead(weight, max_rows=64)
     rows = _states(3, 3).reshape(-1, WIDTH)
     scores = head.screen(rows)
-    bound = head._bound(rows[:, None], head.half_step)
+    l1, slack = head.row_bounds(rows)
+    bound = l1[:, None] * head.half_step + slack[:, None]
     error = (scores.double() - rows.double() @ weight.double().T).abs()
     assert (error <= bound).all()
     # ... and the bound is tight enough to leave only a few candidates per row.
     lower = (scores - bound).amax(dim=1, keepdim=True)
     assert (scores + bound >= lower).sum(dim=1).max() <= 20
+
+
+def test_candidates_are_scored_with_the_full_products_bits() -> None:
+    """The screened head's fp32 logits are the few-row kernel's (`FullHead`, which passes longer than
+    `max_rows` take) to the bit, so that greedy and verify passes of any length choose alike."""
+    weight = _weight()
+    rows = _states(4, 4).reshape(-1, WIDTH).contiguous()
+    head = ScreenedHead(weight)
+    candidates = head.kernel.kernel_order_logits(rows, head.weight, torch.arange(VOCAB))
+    assert torch.equal(candidates, FullHead(weight).logits(rows))
 
 
 def test_screened_greedy_on_non_finite_states_is_what_fp32_gives() -> None:
