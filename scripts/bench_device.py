@@ -16,6 +16,7 @@ import json
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,6 +30,8 @@ from bench_engine import (  # noqa: E402  (scripts/, beside this file)
     cost_table,
     engine_arguments,
     english_clips,
+    in_batches,
+    one_by_one,
     record,
     run_ours,
     run_transformers,
@@ -51,19 +54,27 @@ def bench_precision(args, precision: str, pcm: list) -> tuple[str, dict]:
         args.main, args.assistant, precision=precision, device=args.device, cuda_graphs=args.cuda_graphs
     )
     costs = engine.costs()  # measured on this device, before any run
-    run_ours(engine, pcm[:2], 2, "warm-up", speculative=True)
-    runs: list[Run] = []
-    for batch in args.batch:
-        runs.append(run_ours(engine, pcm, batch, "greedy", speculative=False))
-        runs += [run_ours(engine, pcm, batch, name, **options) for name, options in SPECULATIVE.items()]
+    run_ours(engine, pcm[:2], Run("warm-up", 2))  # CUDA graphs are recorded on first use
 
     dtype = PRECISIONS[precision]
     model = WhisperForConditionalGeneration.from_pretrained(args.main, dtype=dtype).to(args.device).eval()
     assistant = WhisperForCausalLM.from_pretrained(args.assistant, dtype=dtype).to(args.device).eval()
     extractor = WhisperFeatureExtractor.from_pretrained(args.main)
-    run_transformers(model, extractor, pcm[:1])  # warm-up
-    reference = run_transformers(model, extractor, pcm)
-    assisted = run_transformers(model, extractor, pcm, assistant)
+    run_transformers(model, extractor, pcm[0], Run("warm-up", 1))
+    reference, assisted = Run("transformers generate", 1), Run("transformers generate (assistant_model)", 1)
+    systems = [
+        (reference, one_by_one(partial(run_transformers, model, extractor), reference)),
+        (assisted, one_by_one(partial(run_transformers, model, extractor, assistant=assistant), assisted)),
+    ]
+    for batch in args.batch:
+        for name, options in {"greedy": {"speculative": False}, **SPECULATIVE}.items():
+            run = Run(f"ours {name}", batch)
+            systems.append((run, in_batches(engine, run, **options)))
+    group = max(args.batch)
+    for i in range(0, len(pcm), group):  # every system on the same clips before the next group
+        for _, add in systems:
+            add(pcm[i : i + group])
+    runs = [run for run, _ in systems[2:]]
 
     rows = [
         "| system | batch | total s | encoder s | decoder s | decoder ms/token | acceptance | main passes "
