@@ -51,8 +51,14 @@ class GraphedPasses:
         entry = self.graphs.get(key)
         if entry is None:
             tokens, start = tokens.to(self.device), start.to(self.device)
-            states = self.fixed_shape_pass(tokens, start, cache)
-            self._record(key, tokens, start, cache)
+            # The eager pass runs on the recording stream: capturing on a stream no kernel has run on
+            # yet made cuBLAS fail inside the capture (seen on an H200, fp16, after other graphs).
+            current = torch.cuda.current_stream(self.device)
+            self.stream.wait_stream(current)
+            with torch.cuda.stream(self.stream):
+                states = self.fixed_shape_pass(tokens, start, cache)
+                self._record(key, tokens, start, cache)
+            current.wait_stream(self.stream)
             return states
         graph, static_tokens, static_start, static_states = entry
         static_tokens.copy_(tokens)
@@ -63,19 +69,17 @@ class GraphedPasses:
         return static_states.clone()
 
     def _record(self, key: tuple, tokens: Tensor, start: Tensor, cache: DecoderCache) -> None:
+        """Record the pass on the current stream, the recording one (`run`)."""
         static_tokens, static_start = tokens.clone(), start.clone()
         graph = torch.cuda.CUDAGraph()
         # Not `torch.cuda.graph(...)`, which empties the allocator's cache before each recording: later
         # caches would then land at new addresses and miss every graph recorded so far. Recording runs
         # no kernel, so the cache is left as the eager pass wrote it.
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            graph.capture_begin(pool=self.pool)
-            try:
-                static_states = self.fixed_shape_pass(static_tokens, static_start, cache)
-            finally:
-                graph.capture_end()
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        graph.capture_begin(pool=self.pool)
+        try:
+            static_states = self.fixed_shape_pass(static_tokens, static_start, cache)
+        finally:
+            graph.capture_end()
         self.graphs[key] = (graph, static_tokens, static_start, static_states)
         self.recorded += 1
         if len(self.graphs) > self.capacity:
