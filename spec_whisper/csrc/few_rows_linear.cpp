@@ -1,4 +1,4 @@
-// `y = x W^T + b` for the few rows of a decoder pass (fp32, x86 CPUs with AVX-512).
+// `y = x W^T + b` for the few rows of a decoder pass (fp32, x86 CPUs with AVX-512, or AVX2 with FMA and F16C).
 //
 // A decoder pass multiplies 1 to a few dozen rows by each weight matrix, so it is bound by reading
 // the weights. oneDNN's prepacked inner product pays about a third more for a 4-row verify pass than
@@ -21,6 +21,10 @@
 // per instruction where widening int8 to fp32 does 16 and spends two more instructions on each 16
 // weights. Those weights are packed `[N / 64][K / 4][64][4]` (four consecutive terms per output, as
 // the instruction takes them) and the sums are integers, exact in any order.
+//
+// With AVX2 (x86-64-v3) the same sums run 8 lanes at a time over half a block (32 outputs, one cache
+// line of fp16 weights) and two rows at a time, which fits AVX2's 16 registers; each output's terms
+// are summed in the same order, so its bits are the AVX-512 kernel's.
 //
 // Every output is summed the same way whatever the rows beside it: chunks of 64 terms in order, one
 // fused multiply-add each, chunk sums added in order, then the bias. A row gets the same bits in a
@@ -93,6 +97,65 @@ void tile(const float* x, int64_t K, const W* w, const float* scale, const float
     }
 }
 
+#elif defined(SPEC_WHISPER_FEW_ROWS)
+constexpr int64_t kLanes = 8;
+constexpr int64_t kHalf = 32;  // outputs summed at once: four 8-lane registers
+constexpr int kRegisters = kHalf / kLanes;
+
+inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+inline __m256 load8(const at::Half* w) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))); }
+inline __m256 load8(const int8_t* w) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w))));
+}
+
+// Rows x[0 .. R) (R <= 2, stride K) times 32 outputs of a packed block `w [K][64]` (w points at the
+// first of them) -> y[r][0 .. 32), each output times its `scale` (int8 weights) plus its bias.
+template <int R, typename W>
+void half_tile(const float* x, int64_t K, const W* w, const float* scale, const float* bias, float* y, int64_t out) {
+  __m256 total[R][kRegisters];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < kRegisters; ++j) total[r][j] = _mm256_setzero_ps();
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    __m256 sum[R][kRegisters];
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < kRegisters; ++j) sum[r][j] = _mm256_setzero_ps();
+    const int64_t k1 = std::min(K, k0 + kChunk);
+    for (int64_t k = k0; k < k1; ++k) {
+      __m256 xk[R];
+      for (int r = 0; r < R; ++r) xk[r] = _mm256_set1_ps(x[r * K + k]);
+      for (int j = 0; j < kRegisters; ++j) {
+        const __m256 weights = load8(w + k * kBlock + j * kLanes);
+        for (int r = 0; r < R; ++r) sum[r][j] = _mm256_fmadd_ps(xk[r], weights, sum[r][j]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < kRegisters; ++j) total[r][j] = exact_add(total[r][j], sum[r][j]);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < kRegisters; ++j) {
+      __m256 v = total[r][j];
+      if (scale) v = exact_mul(v, _mm256_loadu_ps(scale + j * kLanes));
+      _mm256_storeu_ps(y + r * out + j * kLanes, exact_add(v, _mm256_loadu_ps(bias + j * kLanes)));
+    }
+}
+
+// As the AVX-512 `tile`: each half of the block, two rows at a time (the block stays in cache between
+// them). `stream` is not used: the hardware prefetcher keeps up with these half-block reads.
+template <int R, typename W>
+void tile(const float* x, int64_t K, const W* w, const float* scale, const float* bias, float* y, int64_t out,
+          bool /*stream*/) {
+  for (int64_t h = 0; h < kBlock; h += kHalf)
+    for (int r = 0; r < R; r += 2) {
+      const float* s = scale ? scale + h : nullptr;
+      if (R - r >= 2)
+        half_tile<2>(x + r * K, K, w + h, s, bias + h, y + r * out + h, out);
+      else
+        half_tile<1>(x + r * K, K, w + h, s, bias + h, y + r * out + h, out);
+    }
+}
+#endif
+
+#ifdef SPEC_WHISPER_FEW_ROWS
 // All M rows times every block of 64 outputs of y [M, out], blocks shared out between the threads,
 // four rows at a time within a block (which stays in cache between them):
 // `tile(std::integral_constant<int, R>{}, b, m, target, stride)` computes rows m .. m + R of block b
@@ -205,7 +268,7 @@ void byte_product(const torch::Tensor& x, const torch::Tensor& packed, const flo
 }  // namespace
 
 bool few_rows_linear_supported() {
-#ifdef __AVX512F__
+#ifdef SPEC_WHISPER_FEW_ROWS
   return true;
 #else
   return false;
@@ -261,7 +324,7 @@ std::vector<torch::Tensor> few_rows_linear_pack(const torch::Tensor& weight, con
 
 torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& bias,
                               const c10::optional<torch::Tensor>& scale, int64_t out_features, bool stream) {
-  TORCH_CHECK(few_rows_linear_supported(), "built without AVX-512");
+  TORCH_CHECK(few_rows_linear_supported(), "built without AVX-512 or AVX2 with FMA and F16C");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(), "x: [M, K] contiguous fp32");
   const bool bytes = packed.dim() == 4;  // int8 weights packed for int8 activations
   TORCH_CHECK(bytes ? packed.size(1) * 4 == x.size(1) && packed.size(2) == kBlock && packed.size(3) == 4
@@ -281,7 +344,7 @@ torch::Tensor few_rows_linear(const torch::Tensor& x, const torch::Tensor& packe
     TORCH_CHECK(false, "built without AVX-512 VNNI");
 #endif
   }
-#ifdef __AVX512F__
+#ifdef SPEC_WHISPER_FEW_ROWS
   const float* bp = bias.data_ptr<float>();
   if (int8)
     product<int8_t>(x, packed, scale->data_ptr<float>(), bp, y, stream);

@@ -29,7 +29,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("encoder_attention_supported", &encoder_attention_supported,
         "whether encoder_attention was built for the vectors its tiles are sized for (AVX-512)");
   m.def("encoder_attention", &encoder_attention, "an encoder's self-attention from its fused q, k, v");
-  m.def("few_rows_linear_supported", &few_rows_linear_supported, "whether the product was built (AVX-512)");
+  m.def("few_rows_linear_supported", &few_rows_linear_supported,
+        "whether the product was built (AVX-512, or AVX2 with FMA and F16C)");
   m.def("few_rows_linear_pack", &few_rows_linear_pack, "weights and bias packed for few_rows_linear");
   m.def("few_rows_linear_bytes_supported", &few_rows_linear_bytes_supported,
         "whether int8 weights can meet int8 activations (AVX-512 VNNI)");

@@ -20,15 +20,13 @@
 #include <limits>
 #include <vector>
 
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
+#include "exact_simd.h"
 
 namespace {
 
 constexpr int64_t kChunk = 64;  // as few_rows_linear.cpp's
 
-#ifdef __AVX512F__
+#ifdef SPEC_WHISPER_FEW_ROWS
 // Scalar intrinsics: the compiler keeps their order under -ffast-math, as the vector kernel's
 // `exact_add` keeps its.
 inline float fma_ss(float a, float b, float c) {
