@@ -131,5 +131,5 @@ class ScreenedHead(FullHead):
 
 
 def main_head(weight: Tensor, bias: Tensor | None = None) -> FullHead:
-    """The screened head where the few-row kernel runs (x86 CPUs with AVX-512), fp32 elsewhere."""
+    """The screened head where the few-row kernel runs (x86 CPUs with AVX-512 or AVX2), fp32 elsewhere."""
     return ScreenedHead(weight, bias) if ScreenedHead.available(weight) else FullHead(weight, bias)

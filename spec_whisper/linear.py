@@ -74,7 +74,8 @@ class FewRowsLinear:
     staying fp32: a quarter of the bytes, for an assistant's drafts. With `int8_activations` as
     well, each row of activations is rounded to int8 too and the products run on AVX-512 VNNI's byte
     dot products (`bytes_available`): a quarter of the instructions, results no longer the fp32
-    product's, so for drafts only. Needs the CPU kernels built with AVX-512 (`available`).
+    product's, so for drafts only. Needs the CPU kernels built with AVX-512, or with AVX2, FMA and F16C
+    (x86-64-v3), where each output is summed in the same order (`available`).
     """
 
     def __init__(
