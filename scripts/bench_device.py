@@ -35,6 +35,7 @@ from bench_engine import (  # noqa: E402  (scripts/, beside this file)
     record,
     run_ours,
     run_transformers,
+    take_turns,
 )
 
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
@@ -70,10 +71,7 @@ def bench_precision(args, precision: str, pcm: list) -> tuple[str, dict]:
         for name, options in {"greedy": {"speculative": False}, **SPECULATIVE}.items():
             run = Run(f"ours {name}", batch)
             systems.append((run, in_batches(engine, run, **options)))
-    group = max(args.batch)
-    for i in range(0, len(pcm), group):  # every system on the same clips before the next group
-        for _, add in systems:
-            add(pcm[i : i + group])
+    take_turns(systems, pcm, max(args.batch))
     runs = [run for run, _ in systems[2:]]
 
     rows = [

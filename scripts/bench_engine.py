@@ -223,6 +223,16 @@ def in_batches(engine: SpeculativeWhisper, run: Run, **options) -> Callable[[lis
     return add
 
 
+def take_turns(
+    systems: list[tuple[Run, Callable[[list[np.ndarray]], None]]], pcm: list[np.ndarray], group: int
+) -> None:
+    """Every system decodes the same `group` clips before any goes on to the next group: a slow spell
+    of the machine then lands on all of them."""
+    for i in range(0, len(pcm), group):
+        for _, add in systems:
+            add(pcm[i : i + group])
+
+
 def format_table(runs: list[Run], reference: Run) -> str:
     rows = [
         "| system | batch | total s | features s | encoder s | decoder s | decoder ms/token | acceptance "
@@ -423,10 +433,7 @@ def main() -> None:
             ):
                 run = Run(f"ours {name}", batch)
                 systems.append((run, in_batches(variant, run, **options)))
-        group = max(args.batch)
-        for i in range(0, len(pcm), group):  # every system on the same clips before the next group
-            for _, add in systems:
-                add(pcm[i : i + group])
+        take_turns(systems, pcm, max(args.batch))
     runs = [run for run, _ in systems]
 
     lines = [
