@@ -140,7 +140,7 @@ void half_tile(const float* x, int64_t K, const W* w, const float* scale, const 
 }
 
 // As the AVX-512 `tile`: each half of the block, two rows at a time (the block stays in cache between
-// them). `stream` is not used: the hardware prefetcher keeps up with these half-block reads.
+// them). `stream` is not used: its prefetch distance is sized for whole-block reads (not tried here).
 template <int R, typename W>
 void tile(const float* x, int64_t K, const W* w, const float* scale, const float* bias, float* y, int64_t out,
           bool /*stream*/) {
