@@ -134,6 +134,20 @@ def machine_state() -> dict[str, Any]:
     return {"load1": load1, "others": others, "quiet": load1 < 1.0 and not others}
 
 
+def gpu_names() -> list[str]:
+    """The NVIDIA GPUs the server's KIND_AUTO instances land on (none: they run on the CPU)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+    done = subprocess.run(query, capture_output=True, text=True, timeout=30)
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
+
+
+def where_it_runs() -> str:
+    gpus = gpu_names()
+    return f"GPU ({', '.join(gpus)})" if gpus else "CPU"
+
+
 def describe_machine(state: dict[str, Any]) -> str:
     verdict = (
         "quiet"
@@ -141,7 +155,8 @@ def describe_machine(state: dict[str, Any]) -> str:
         else f"NOT quiet ({len(state['others'])} other python/tritonserver processes): timings unreliable"
     )
     return (
-        f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
+        f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+        f"models on the {where_it_runs()}; "
         f"1-min load average {state['load1']:.2f} at the start, {verdict}."
     )
 
@@ -423,7 +438,7 @@ def markdown(
     return "\n".join(
         [
             f"\n## Load test (Triton, {dt.date.today().isoformat()}, whisper-base {args.precision} "
-            f"+ `{args.assistant.name}`, CPU, cpu_turns {args.cpu_turns})\n",
+            f"+ `{args.assistant.name}`, {where_it_runs()}, cpu_turns {args.cpu_turns})\n",
             f"Command: `{command}`\n",
             f"Machine: {machine}\n",
             f"Clips: {args.corpus} set of the shared speech folder, sent as 16 kHz samples with their "
@@ -541,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
             rss_mb["end"] = sampler.current_bytes() / 2**20
             rss_mb["peak"] = max(r["peak_rss_mb"] for r in rows)
 
-    title = f"whisper ensemble on Triton, {os.cpu_count()} CPU cores, {args.cell_seconds} s per cell"
+    cores = f"{os.cpu_count()} cores"
+    title = f"whisper ensemble on Triton, {where_it_runs()}, {cores}, {args.cell_seconds} s per cell"
     plot(rows, out_dir / "load.png", title)
     report = markdown(rows, command, machine, rss_mb, args, str(out_dir / "load.png"))
     print(report)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import shlex
 import shutil
@@ -51,11 +52,13 @@ def free_port() -> int:
 
 
 def _pytriton_dist() -> Path | None:
-    try:
-        import pytriton  # only needed outside the NGC container
-    except ImportError:
+    """The tritonserver tree inside the installed nvidia-pytriton wheel (needed outside the NGC
+    container). Found, not imported: the package's own `__init__` pulls in its Python API and every
+    dependency of that (sh, typer, tritonclient's HTTP client), none of which the binary needs."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+    return Path(next(iter(spec.submodule_search_locations))).resolve() / "tritonserver"
 
 
 def find_tritonserver(explicit: str | os.PathLike[str] | None = None) -> Path:
