@@ -156,9 +156,6 @@ class TritonServer:
         # The Python stub embeds whichever python3 comes first on PATH: make it this interpreter's,
         # so the stub sees the same site-packages (torch, transformers, spec_whisper).
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        # The model.py files import spec_whisper; from a source checkout that is not pip-installed,
-        # the project root must be on the stub's path (harmless when it is installed).
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
         # The stub links libpython dynamically; put this interpreter's own first, or the loader may
         # pick a system libpython of another patch release whose symbols our extension modules lack
         # (seen here: Debian's 3.11.2 under pyenv's 3.11.7 fails to import _ssl).
@@ -190,6 +187,10 @@ class TritonServer:
             env=self.environment(),
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
+            # The model.py files import spec_whisper. The stub's interpreter ignores PYTHONPATH (its
+            # sys.path is the interpreter's own, the model's folder and the working directory), so a
+            # source checkout that is not pip-installed is found as the server's working directory.
+            cwd=PROJECT_ROOT,
             # Own process group: Ctrl-C in a terminal reaches us, and we forward it once,
             # instead of the server receiving it twice.
             start_new_session=True,

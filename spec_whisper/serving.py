@@ -34,6 +34,7 @@ __all__ = [
     "Cancelled",
     "DecoderMetrics",
     "RequestRows",
+    "check_backend_numpy",
     "core_turns",
     "decode_options",
     "decode_requests",
@@ -248,6 +249,24 @@ def stats_row(stats: Sequence[DecodingStats]) -> np.ndarray:
 def parameters(model_config: dict) -> dict[str, str]:
     """config.pbtxt `parameters` as plain strings (Triton wraps each in {"string_value": ...})."""
     return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+
+
+def check_backend_numpy(params: dict[str, str], version: str = np.__version__) -> None:
+    """Refuse to load under numpy 2 unless `allow_numpy2` is "yes".
+
+    The Python backend of Triton 2.51 (the stub bundled in nvidia-pytriton 0.7) hands each BYTES input
+    to `deserialize_bytes_tensor` through numpy 1's C API. Under numpy 2 it reads the first bytes of the
+    buffer as an absurd length and the stub process dies on the first request, after which every request
+    fails with "Stub process ... is not healthy" (reproduced with numpy 2.4 here, and with the numpy 2.5
+    of an H200 machine's image). Every request of this ensemble carries BYTES (options, audio files), so
+    the cause is named at load time instead. A backend built against numpy 2 can set the parameter."""
+    if int(version.split(".")[0]) >= 2 and params.get("allow_numpy2", "no").strip().lower() != "yes":
+        raise RuntimeError(
+            f"numpy {version} in the Python backend's interpreter: Triton 2.51's Python backend misreads "
+            "BYTES inputs under numpy 2 and its stub crashes on the first request. Install numpy<2 "
+            "there (pip install 'numpy<2'), or set the model parameter allow_numpy2 to \"yes\" if this "
+            "Triton's Python backend was built against numpy 2."
+        )
 
 
 def resolve_path(value: str, model_dir: str | Path) -> Path:

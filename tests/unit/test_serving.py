@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import pytest
+
 from spec_whisper import serving
 
 
@@ -57,3 +59,13 @@ def test_each_request_fails_alone_with_its_own_code() -> None:
     assert codes == ["INVALID_ARG", "CANCELLED", "INTERNAL"]
     assert "not a number: 'x'" in str(responses[1].error)
     assert "RuntimeError: model failure" in str(responses[3].error)
+
+
+def test_numpy_2_is_refused_at_load_with_its_cause_unless_allowed() -> None:
+    with pytest.raises(RuntimeError, match=r"numpy 2\.4\.6 .*BYTES.*numpy<2.*allow_numpy2"):
+        serving.check_backend_numpy({}, version="2.4.6")
+    with pytest.raises(RuntimeError):
+        serving.check_backend_numpy({"allow_numpy2": "no"}, version="2.0.0")
+    serving.check_backend_numpy({"allow_numpy2": " Yes "}, version="2.4.6")
+    serving.check_backend_numpy({}, version="1.26.4")
+    serving.check_backend_numpy({})  # the numpy of this environment, which the project pins below 2

@@ -19,6 +19,7 @@ def _output(name: str, rows: torch.Tensor) -> pb_utils.Tensor:
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         params = serving.parameters(json.loads(args["model_config"]))
+        serving.check_backend_numpy(params)
         serving.set_cpu_threads(params)
         self.device = serving.device_for(args["model_instance_kind"], args["model_instance_device_id"])
         settings = serving.engine_arguments(params, args["model_repository"])

@@ -24,6 +24,7 @@ def _input(request, name: str) -> np.ndarray | None:
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         params = serving.parameters(json.loads(args["model_config"]))
+        serving.check_backend_numpy(params)
         serving.set_cpu_threads(params)
         main_dir = serving.resolve_path(params["main_model"], args["model_repository"])
         self.max_seconds = float(params.get("max_audio_seconds", "600"))
