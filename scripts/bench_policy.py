@@ -1,11 +1,12 @@
 """Draft-length policies side by side on the decoder stage, with the same engine, clips and cost table.
 
     python scripts/bench_policy.py --skip 40 --clips 16 --record docs/benchmarks.md
+    python scripts/bench_policy.py --policies "cost model, after every draft (default)" k=1 k=2 k=3
 
 Policies: plain greedy (no drafts); the cost model choosing the length once per verify pass; the
 cost model deciding again after every draft from the assistant's probabilities, with the prices
 the engine learns in place (the engine's default, `LiveCosts`) and with its start-up table alone;
-the constant k=5 with the +2/-1 heuristic; and the default once more with the assistant reading the
+k=5 with the +2/-1 heuristic; constant k = 1, 2 and 3; and the default once more with the assistant reading the
 main model's fp32 cross-attention keys and values instead of its bf16 copy, and with its products'
 int8 weights meeting fp32 activations instead of int8 ones (as on CPUs without VNNI); each of those
 two with prices of its own, learnt in place; their modelled seconds price a draft step as the others
@@ -80,15 +81,18 @@ class PolicyEngine(SpeculativeWhisper):
 
 
 # name: (speculative, draft length, cost model once per pass, start-up table alone, fp32 cross-attention,
-# assistant's products on fp32 activations)
+# assistant's products on fp32 activations, +2/-1 on a draft length)
 POLICIES = {
-    "greedy": (False, None, False, False, False, False),
-    "cost model, once per pass": (True, None, True, False, False, False),
-    "cost model, after every draft, start-up table": (True, None, False, True, False, False),
-    "cost model, after every draft (default)": (True, None, False, False, False, False),
-    "k=5, +2/-1": (True, 5, False, False, False, False),
-    "default, assistant on fp32 cross-attention": (True, None, False, False, True, False),
-    "default, assistant's products on fp32 activations": (True, None, False, False, False, True),
+    "greedy": (False, None, False, False, False, False, False),
+    "cost model, once per pass": (True, None, True, False, False, False, False),
+    "cost model, after every draft, start-up table": (True, None, False, True, False, False, False),
+    "cost model, after every draft (default)": (True, None, False, False, False, False, False),
+    "k=5, +2/-1": (True, 5, False, False, False, False, True),
+    "k=1": (True, 1, False, False, False, False, False),
+    "k=2": (True, 2, False, False, False, False, False),
+    "k=3": (True, 3, False, False, False, False, False),
+    "default, assistant on fp32 cross-attention": (True, None, False, False, True, False, False),
+    "default, assistant's products on fp32 activations": (True, None, False, False, False, True, False),
 }
 
 
@@ -141,7 +145,12 @@ def main() -> None:
     parser = engine_arguments(__doc__, clips=16)
     parser.set_defaults(skip=40)  # the assistant's distillation trained on the first 40 clips' speakers
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES), metavar="NAME",
+        help="the policies to run, by name (greedy always runs: the others are judged against it)",
+    )  # fmt: skip
     args = parser.parse_args()
+    policies = {name: POLICIES[name] for name in POLICIES if name == "greedy" or name in args.policies}
     torch.set_num_threads(args.threads)
     pcm = english_clips(args.speech_dir, args.skip, args.clips)
     engine = PolicyEngine.load(args.main, args.assistant)
@@ -165,17 +174,19 @@ def main() -> None:
     for batch in args.batch:
         chunks = [pcm[i : i + batch] for i in range(0, len(pcm), batch)]
         states = [engine.encode_pcm(chunk) for chunk in chunks]
-        tallies = {name: Tally() for name in POLICIES}
+        tallies = {name: Tally() for name in policies}
         options = {
-            name: DecodingOptions(language="en", speculative=speculative, draft_length=draft_length)
-            for name, (speculative, draft_length, *_) in POLICIES.items()
+            name: DecodingOptions(
+                language="en", speculative=speculative, draft_length=draft_length, adaptive_draft=adaptive
+            )
+            for name, (speculative, draft_length, *_, adaptive) in policies.items()
         }
         for round_ in range(args.repeats):
             prices = DecoderCosts(costs.verify.copy(), costs.draft.copy(), costs.table.first_extra.copy())
-            results: dict[str, list] = {name: [] for name in POLICIES}
-            modelled = dict.fromkeys(POLICIES, 0.0)
+            results: dict[str, list] = {name: [] for name in policies}
+            modelled = dict.fromkeys(policies, 0.0)
             for c, (s, chunk) in enumerate(zip(states, chunks, strict=True)):
-                for name, (_, _, once_per_pass, startup_table, wide_cross, fp32_acts) in POLICIES.items():
+                for name, (_, _, once_per_pass, startup_table, wide_cross, fp32_acts, _) in policies.items():
                     engine.once_per_pass, engine.startup_table = once_per_pass, startup_table
                     engine.wide_cross, engine.fp32_activations = wide_cross, fp32_acts
                     assistant.cross_dtype = torch.float32 if wide_cross else narrow
