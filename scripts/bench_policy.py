@@ -4,19 +4,19 @@
     python scripts/bench_policy.py --policies "cost model, after every draft (default)" k=1 k=2 k=3
 
 Policies: plain greedy (no drafts); the cost model choosing the length once per verify pass; the
-cost model deciding again after every draft from the assistant's probabilities, with the prices
-the engine learns in place (the engine's default, `LiveCosts`) and with its start-up table alone;
-k=5 with the +2/-1 heuristic; constant k = 1, 2 and 3; and the default once more with the assistant reading the
-main model's fp32 cross-attention keys and values instead of its bf16 copy, and with its products'
-int8 weights meeting fp32 activations instead of int8 ones (as on CPUs without VNNI); each of those
-two with prices of its own, learnt in place; their modelled seconds price a draft step as the others
-do. Each is timed in wall-clock seconds: the policies take turns on each chunk of `--batch` clips,
-and each chunk's best of `--repeats` rounds counts (these cores are shared and their speed drifts
-over minutes; timing each policy over all the clips in turn let one policy's ratio move by 15%
-between two runs). And in modelled seconds: the engine's prices as they stood at the start of the
-last round (the start-up table rescaled by every pass run before) summed over the passes the policy
-made, which does not move with the machine's mood and shows what the decisions are worth. Outputs
-are checked identical.
+cost model deciding again after every draft from the assistant's probabilities, with the prices the
+engine learns in place (the engine's default, `LiveCosts`) and with its start-up table alone; k=5
+with the +2/-1 heuristic; constant k = 1, 2 and 3; and the default once more with the assistant
+reading the main model's fp32 cross-attention keys and values instead of its bf16 copy, and with its
+products' int8 weights meeting fp32 activations instead of int8 ones (as on CPUs without VNNI); each
+of those two with prices of its own, learnt in place; their modelled seconds price a draft step as
+the others do. Each is timed in wall-clock seconds: the policies take turns on each chunk of
+`--batch` clips, and each chunk's best of `--repeats` rounds counts (these cores are shared and
+their speed drifts over minutes; timing each policy over all the clips in turn let one policy's
+ratio move by 15% between two runs). And in modelled seconds: the engine's prices as they stood at
+the start of the last round (the start-up table rescaled by every pass run before) summed over the
+passes the policy made, which does not move with the machine's mood and shows what the decisions are
+worth. Outputs are checked identical.
 """
 
 from __future__ import annotations
