@@ -122,7 +122,7 @@ class RssSampler:
 
 def machine_state() -> dict[str, Any]:
     """The 1-minute load average and other python/tritonserver processes (not ours, nor the ones that
-    launched us, such as `timeout`): is it quiet?"""
+    launched us, such as `timeout`): is it quiet? And where the models run (`where_it_runs`)."""
     me = psutil.Process()
     ours = {me.pid, *(p.pid for p in me.children(recursive=True)), *(p.pid for p in me.parents())}
     others = []
@@ -131,7 +131,7 @@ def machine_state() -> dict[str, Any]:
         if proc.info["pid"] not in ours and ("python" in cmd or "tritonserver" in cmd):
             others.append(f"{proc.info['pid']} {cmd[:100]}")
     load1 = os.getloadavg()[0]
-    return {"load1": load1, "others": others, "quiet": load1 < 1.0 and not others}
+    return {"load1": load1, "others": others, "quiet": load1 < 1.0 and not others, "where": where_it_runs()}
 
 
 def gpu_names() -> list[str]:
@@ -156,7 +156,7 @@ def describe_machine(state: dict[str, Any]) -> str:
     )
     return (
         f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
-        f"models on the {where_it_runs()}; "
+        f"models on the {state['where']}; "
         f"1-min load average {state['load1']:.2f} at the start, {verdict}."
     )
 
@@ -403,6 +403,7 @@ def markdown(
     rows: list[dict[str, Any]],
     command: str,
     machine: str,
+    where: str,
     rss: dict[str, float],
     args: argparse.Namespace,
     plot_link: str,
@@ -438,7 +439,7 @@ def markdown(
     return "\n".join(
         [
             f"\n## Load test (Triton, {dt.date.today().isoformat()}, whisper-base {args.precision} "
-            f"+ `{args.assistant.name}`, {where_it_runs()}, cpu_turns {args.cpu_turns})\n",
+            f"+ `{args.assistant.name}`, {where}, cpu_turns {args.cpu_turns})\n",
             f"Command: `{command}`\n",
             f"Machine: {machine}\n",
             f"Clips: {args.corpus} set of the shared speech folder, sent as 16 kHz samples with their "
@@ -557,14 +558,14 @@ def main(argv: list[str] | None = None) -> int:
             rss_mb["peak"] = max(r["peak_rss_mb"] for r in rows)
 
     cores = f"{os.cpu_count()} cores"
-    title = f"whisper ensemble on Triton, {where_it_runs()}, {cores}, {args.cell_seconds} s per cell"
+    title = f"whisper ensemble on Triton, {state['where']}, {cores}, {args.cell_seconds} s per cell"
     plot(rows, out_dir / "load.png", title)
-    report = markdown(rows, command, machine, rss_mb, args, str(out_dir / "load.png"))
+    report = markdown(rows, command, machine, state["where"], rss_mb, args, str(out_dir / "load.png"))
     print(report)
     if args.record:
         link = os.path.relpath((out_dir / "load.png").resolve(), args.record.resolve().parent)
         with args.record.open("a") as f:
-            f.write(markdown(rows, command, machine, rss_mb, args, link))
+            f.write(markdown(rows, command, machine, state["where"], rss_mb, args, link))
     failed = [r for r in rows if r["errors"] or r["server_failures"]]
     for r in failed:
         print(f"FAILED cell {r['way']}-{r['size']}-{r['mode']}: {r['errors']} errors", file=sys.stderr)

@@ -80,19 +80,30 @@ class PolicyEngine(SpeculativeWhisper):
         return super().length_policy(batch, draft_length, adaptive, languages)
 
 
-# name: (speculative, draft length, cost model once per pass, start-up table alone, fp32 cross-attention,
-# assistant's products on fp32 activations, +2/-1 on a draft length)
+@dataclass(frozen=True)
+class Policy:
+    """How a policy decodes: its `DecodingOptions` and the `PolicyEngine` switches it sets."""
+
+    speculative: bool = True
+    draft_length: int | None = None  # None: the cost model chooses
+    adaptive: bool = False  # +2/-1 on a draft length
+    once_per_pass: bool = False
+    startup_table: bool = False
+    wide_cross: bool = False  # the assistant on fp32 cross-attention
+    fp32_activations: bool = False  # the assistant's products on fp32 activations
+
+
 POLICIES = {
-    "greedy": (False, None, False, False, False, False, False),
-    "cost model, once per pass": (True, None, True, False, False, False, False),
-    "cost model, after every draft, start-up table": (True, None, False, True, False, False, False),
-    "cost model, after every draft (default)": (True, None, False, False, False, False, False),
-    "k=5, +2/-1": (True, 5, False, False, False, False, True),
-    "k=1": (True, 1, False, False, False, False, False),
-    "k=2": (True, 2, False, False, False, False, False),
-    "k=3": (True, 3, False, False, False, False, False),
-    "default, assistant on fp32 cross-attention": (True, None, False, False, True, False, False),
-    "default, assistant's products on fp32 activations": (True, None, False, False, False, True, False),
+    "greedy": Policy(speculative=False),
+    "cost model, once per pass": Policy(once_per_pass=True),
+    "cost model, after every draft, start-up table": Policy(startup_table=True),
+    "cost model, after every draft (default)": Policy(),
+    "k=5, +2/-1": Policy(draft_length=5, adaptive=True),
+    "k=1": Policy(draft_length=1),
+    "k=2": Policy(draft_length=2),
+    "k=3": Policy(draft_length=3),
+    "default, assistant on fp32 cross-attention": Policy(wide_cross=True),
+    "default, assistant's products on fp32 activations": Policy(fp32_activations=True),
 }
 
 
@@ -177,20 +188,23 @@ def main() -> None:
         tallies = {name: Tally() for name in policies}
         options = {
             name: DecodingOptions(
-                language="en", speculative=speculative, draft_length=draft_length, adaptive_draft=adaptive
+                language="en",
+                speculative=p.speculative,
+                draft_length=p.draft_length,
+                adaptive_draft=p.adaptive,
             )
-            for name, (speculative, draft_length, *_, adaptive) in policies.items()
+            for name, p in policies.items()
         }
         for round_ in range(args.repeats):
             prices = DecoderCosts(costs.verify.copy(), costs.draft.copy(), costs.table.first_extra.copy())
             results: dict[str, list] = {name: [] for name in policies}
             modelled = dict.fromkeys(policies, 0.0)
             for c, (s, chunk) in enumerate(zip(states, chunks, strict=True)):
-                for name, (_, _, once_per_pass, startup_table, wide_cross, fp32_acts, _) in policies.items():
-                    engine.once_per_pass, engine.startup_table = once_per_pass, startup_table
-                    engine.wide_cross, engine.fp32_activations = wide_cross, fp32_acts
-                    assistant.cross_dtype = torch.float32 if wide_cross else narrow
-                    engine.assistant = fp32_assistant if fp32_acts else assistant
+                for name, p in policies.items():
+                    engine.once_per_pass, engine.startup_table = p.once_per_pass, p.startup_table
+                    engine.wide_cross, engine.fp32_activations = p.wide_cross, p.fp32_activations
+                    assistant.cross_dtype = torch.float32 if p.wide_cross else narrow
+                    engine.assistant = fp32_assistant if p.fp32_activations else assistant
                     counter = CountingRunner(engine, prices)
                     began = time.perf_counter()
                     results[name] += engine.decode(s, [options[name]] * len(chunk))
