@@ -2,10 +2,11 @@
 
     python scripts/bench_encoder.py --threads 2      # --batch 1 8 on --clips 8 from --skip 40
 
-Three ways over the same log-mel windows, taking turns round by round (best of the rounds):
-transformers' `WhisperEncoder`; ours with PyTorch's attention (the linear layers on oneDNN's
-prepacked path, `encoder.py`); ours with the CPU attention kernel (`csrc/encoder_attention.cpp`).
-Also the largest difference of our states from transformers', against the states' scale.
+Four ways over the same log-mel windows, taking turns round by round (best of the rounds):
+transformers' `WhisperEncoder`; ours with PyTorch's attention (the linear layers on the product this
+machine measured faster, `linear.many_rows_linear`); ours with the CPU attention kernel
+(`csrc/encoder_attention.cpp`); and the same with the other product (oneDNN's prepacked or PyTorch's
+default, MKL). Also the largest difference of our states from transformers', against the states' scale.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from bench_cross_attention import best_ms  # scripts/, beside this file
 from bench_engine import engine_arguments, english_clips, record
 
 from spec_whisper import cpu_kernels
+from spec_whisper.encoder import WhisperEncoderRunner
 from spec_whisper.engine import SpeculativeWhisper
+from spec_whisper.linear import prepacking_pays_for_many_rows
 from spec_whisper.loading import load_models
 
 
@@ -45,13 +48,17 @@ def main() -> None:
     engine = SpeculativeWhisper.load(args.main, stages={"encoder"})
     theirs = load_models(args.main).main.model.encoder  # a copy of its own: the engine repacks its weights
     mel = engine.log_mel(english_clips(args.speech_dir, args.skip, args.clips))
+    prepacked = prepacking_pays_for_many_rows()
+    other = WhisperEncoderRunner(load_models(args.main).main.model.encoder, prepack=not prepacked)
     ways = {
         "transformers": lambda m: theirs(m).last_hidden_state,
         "ours, PyTorch attention": partial(run_ours, engine, kernel=False),
         "ours, attention kernel": partial(run_ours, engine, kernel=True),
+        f"ours, kernel, {'MKL' if prepacked else 'oneDNN'} products": other,
     }
     lines = [
-        f"threads {args.threads}, best of {args.rounds} rounds, seconds per window",
+        f"threads {args.threads}, best of {args.rounds} rounds, seconds per window; ours chose "
+        f"{'oneDNN' if prepacked else 'MKL'} products",
         "",
         "| batch | " + " | ".join(ways) + " | transformers / ours (kernel) | max abs difference (scale) |",
         "|---|" + "---|" * (len(ways) + 2),

@@ -4,8 +4,8 @@
 few-row products (`linear.FewRowsLinear`) and a decoder layer's pass in one call (`decoder.py`).
 They are compiled on first use with `-march=native` (about 90 s; `torch.utils.cpp_extension` caches
 the build), or for the target that SPEC_WHISPER_CPU_ARCH names (`x86-64-v3`: AVX2 without AVX-512,
-where the products run 8 lanes wide, the attention kernels take their portable loops and the encoder's
-attention is PyTorch's). Without a C++ compiler, or
+where the products and the encoder's attention run 8 lanes wide and the decoder's attention takes its
+portable loops). Without a C++ compiler, or
 with SPEC_WHISPER_CPU_KERNEL=0, everything runs on PyTorch's own operators: correct, only slower.
 """
 

@@ -24,7 +24,6 @@ from .cpu_kernels import kernels, kernels_available
 from .cuda_graphs import GraphedPasses
 from .heads import FullHead, Mask, ShortlistHead, main_head
 from .linear import (
-    FastLinear,
     FewRowsLinear,
     Int8Linear,
     Linear,
@@ -32,6 +31,7 @@ from .linear import (
     draft_linear,
     fuse_linears,
     int8_available,
+    many_rows_linear,
 )
 
 Head = FullHead | ShortlistHead
@@ -194,11 +194,13 @@ class WhisperDecoderRunner:
                 self_out=linear(lay.self_attn.out_proj.weight, lay.self_attn.out_proj.bias),
                 self_norm=lay.self_attn_layer_norm,
                 cross_q=linear(lay.encoder_attn.q_proj.weight, lay.encoder_attn.q_proj.bias),
-                # Once per request over every frame: a large product, oneDNN's.
+                # Once per request over every frame: a large product.
                 cross_kv=None
                 if source is not None
                 else fuse_linears(
-                    lay.encoder_attn.k_proj, lay.encoder_attn.v_proj, kind=Int8Linear if int8 else FastLinear
+                    lay.encoder_attn.k_proj,
+                    lay.encoder_attn.v_proj,
+                    kind=Int8Linear if int8 else many_rows_linear,
                 ),
                 cross_out=linear(lay.encoder_attn.out_proj.weight, lay.encoder_attn.out_proj.bias),
                 cross_norm=lay.encoder_attn_layer_norm,

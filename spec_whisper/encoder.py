@@ -1,15 +1,17 @@
 """A Whisper encoder with its matrix products on the fastest path of the device.
 
 The encoder is most of a short request's time on a CPU: whisper-base's 30 linear layers over
-1,500 frames are 57 GFLOP a window, which PyTorch's default fp32 path (MKL) ran here at about
-170 GFLOP/s and oneDNN's prepacked inner product at about 400. The arithmetic is Hugging Face's
-`WhisperEncoder` step for step (pre-norm layers, queries scaled before attention, GELU), on the
-same weights; only the products' summation order differs.
+1,500 frames are 57 GFLOP a window. On 2 cores with AVX-512, PyTorch's default fp32 path (MKL) ran
+them at about 170 GFLOP/s and oneDNN's prepacked inner product at about 400; on an AMD Zen 3 (AVX2)
+MKL was the faster, so each machine times both once (`linear.many_rows_linear`). The arithmetic is
+Hugging Face's `WhisperEncoder` step for step (pre-norm layers, queries scaled before attention,
+GELU), on the same weights; only the products' summation order differs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 
 from .core_turns import CoreTurns
 from .cpu_attention import encoder_attention
-from .linear import FastLinear, fuse_linears
+from .linear import FastLinear, fuse_linears, many_rows_linear
 
 __all__ = ["CPU_WINDOWS_PER_PASS", "WhisperEncoderRunner"]
 
@@ -40,8 +42,13 @@ class WhisperEncoderRunner:
     """Runs the weights of a Hugging Face `WhisperEncoder`: log-mel `[B, n_mels, 3000]` to states
     `[B, 1500, d_model]`. Each convolution and each layer is a turn of its own on shared cores."""
 
-    def __init__(self, hf_encoder: nn.Module, turns: CoreTurns | None = None) -> None:
+    def __init__(
+        self, hf_encoder: nn.Module, turns: CoreTurns | None = None, prepack: bool | None = None
+    ) -> None:
+        """`prepack`: oneDNN's prepacked products (True) or PyTorch's default (False) instead of the
+        one measured faster here (None; benchmarks compare both)."""
         config = hf_encoder.config
+        linear = many_rows_linear if prepack is None else partial(FastLinear, prepack=prepack)
         self.turns = turns or CoreTurns()
         self.conv1, self.conv2 = hf_encoder.conv1, hf_encoder.conv2
         self.frames = config.max_source_positions
@@ -51,11 +58,13 @@ class WhisperEncoderRunner:
         self.layers = [
             _Layer(
                 layer.self_attn_layer_norm,
-                fuse_linears(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
-                FastLinear(layer.self_attn.out_proj.weight, layer.self_attn.out_proj.bias),
+                fuse_linears(
+                    layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, kind=linear
+                ),
+                linear(layer.self_attn.out_proj.weight, layer.self_attn.out_proj.bias),
                 layer.final_layer_norm,
-                FastLinear(layer.fc1.weight, layer.fc1.bias),
-                FastLinear(layer.fc2.weight, layer.fc2.bias),
+                linear(layer.fc1.weight, layer.fc1.bias),
+                linear(layer.fc2.weight, layer.fc2.bias),
             )
             for layer in hf_encoder.layers
         ]

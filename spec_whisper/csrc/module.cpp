@@ -27,7 +27,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "a decoder layer's self-attention from its fused q, k, v, writing the new keys and values to its cache");
   m.def("decoder_cross_attention", &decoder_cross_attention, "cross-attention from and to the merged heads");
   m.def("encoder_attention_supported", &encoder_attention_supported,
-        "whether encoder_attention was built for the vectors its tiles are sized for (AVX-512)");
+        "whether encoder_attention was built for vectors its tiles are sized for (AVX-512, or AVX2 with FMA)");
   m.def("encoder_attention", &encoder_attention, "an encoder's self-attention from its fused q, k, v");
   m.def("few_rows_linear_supported", &few_rows_linear_supported,
         "whether the product was built (AVX-512, or AVX2 with FMA and F16C)");

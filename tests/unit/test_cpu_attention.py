@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from spec_whisper.cpu_attention import cross_attention, encoder_attention, self_attention
-from spec_whisper.cpu_kernels import kernels_available, use_kernels
+from spec_whisper.cpu_kernels import kernels, kernels_available, use_kernels
 
 HEADS = 8
 
@@ -155,13 +158,23 @@ def test_training_keeps_gradients() -> None:
     assert q.grad is not None and k.grad is not None
 
 
+def test_the_encoder_kernel_is_built_where_the_cpu_has_avx2() -> None:
+    # Its tiles are sized for AVX-512 and for AVX2 with FMA (x86-64-v3), what CI machines have.
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if platform.machine() == "x86_64" and cpuinfo.exists() else set()
+    if not {"avx2", "fma"} <= flags:
+        pytest.skip("needs an x86-64 CPU with AVX2 and FMA")
+    assert kernels().encoder_attention_supported()
+
+
 def _encoder_reference(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     return _without_kernel(encoder_attention, qkv, heads)
 
 
-@pytest.mark.parametrize(("batch", "frames"), [(1, 1500), (2, 37), (1, 5), (3, 1)])
+@pytest.mark.parametrize(("batch", "frames"), [(1, 1500), (2, 37), (1, 5), (3, 1), (1, 600)])
 def test_encoder_attention_equals_pytorch_attention(batch: int, frames: int) -> None:
-    # Frame counts that are no multiple of the kernel's query blocks (6) or key tiles (32).
+    # Frame counts that are no multiple of the kernel's query blocks (6), key tiles (16 or 32) or runs
+    # of values (256).
     qkv = torch.randn(batch, frames, 3 * 512, generator=torch.Generator().manual_seed(1)) * 2
     expected = _encoder_reference(qkv, 8)
     torch.testing.assert_close(encoder_attention(qkv, 8), expected, rtol=1e-5, atol=2e-5)

@@ -20,15 +20,19 @@ def encoder() -> WhisperEncoder:
 
 
 @pytest.mark.parametrize("kernel", [True, False])
-def test_equals_transformers_encoder(encoder: WhisperEncoder, kernel: bool) -> None:
+@pytest.mark.parametrize("prepack", [None, True, False])  # measured here, oneDNN's, PyTorch's default
+def test_equals_transformers_encoder(encoder: WhisperEncoder, kernel: bool, prepack: bool | None) -> None:
     mel = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = encoder(mel).last_hidden_state
         use_kernels(kernel)
         try:
-            ours = WhisperEncoderRunner(encoder)(mel)
+            runner = WhisperEncoderRunner(encoder, prepack=prepack)
+            ours = runner(mel)
         finally:
             use_kernels(True)
+    if prepack is not None:
+        assert all(layer.fc1.packed == prepack for layer in runner.layers)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spec_whisper.linear import FastLinear, FewRowsLinear, decoder_linear
+from spec_whisper.linear import (
+    FastLinear,
+    FewRowsLinear,
+    decoder_linear,
+    many_rows_linear,
+    prepacking_pays_for_many_rows,
+)
 
 
 def _weights(out_features: int, in_features: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,3 +137,17 @@ def test_int8_activations_handle_zero_rows_and_stay_close_to_fp32() -> None:
     x = torch.randn(4, 512)
     exact = x @ weight.T + bias
     assert ((linear(x) - exact).norm() / exact.norm()) < 0.02
+
+
+def test_a_many_row_product_takes_the_path_measured_faster_and_both_agree() -> None:
+    weight, bias = _weights(384, 256, seed=8)
+    chosen = prepacking_pays_for_many_rows()
+    assert prepacking_pays_for_many_rows() is chosen  # timed once per thread count, then kept
+    linear = many_rows_linear(weight, bias)
+    assert linear.packed == (chosen and torch.backends.mkldnn.is_available())
+    x = torch.randn(300, 256)
+    expected = x.double() @ weight.double().T + bias.double()
+    for prepack in (True, False):
+        y = FastLinear(weight, bias, prepack=prepack)(x)
+        torch.testing.assert_close(y.double(), expected, rtol=0, atol=2e-5)
+    torch.testing.assert_close(linear(x).double(), expected, rtol=0, atol=2e-5)
