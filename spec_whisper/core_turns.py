@@ -24,13 +24,15 @@ __all__ = ["CoreTurns"]
 
 class CoreTurns:
     """`with turns():` runs its block while no other process holding a `CoreTurns` on the same
-    `path` runs one. Without a path every turn is granted at once (a GPU, or one process alone)."""
+    `path` runs one. Without a path every turn is granted at once (a GPU, or one process alone). A
+    turn taken inside another is part of it: the cores stay this process's until the outer one ends."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = None if path is None else Path(path)
         self._fd = None if self.path is None else os.open(self.path, os.O_CREAT | os.O_RDWR, 0o666)
         self.taken = 0  # turns taken by this process
         self.waited_s = 0.0  # time spent waiting for them
+        self._depth = 0  # turns open now, the outermost holding the lock
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
@@ -41,7 +43,8 @@ class CoreTurns:
             self._release()
 
     def _acquire(self) -> None:
-        if self._fd is None:
+        self._depth += 1
+        if self._fd is None or self._depth > 1:
             return
         began = time.perf_counter()
         fcntl.flock(self._fd, fcntl.LOCK_EX)
@@ -49,5 +52,6 @@ class CoreTurns:
         self.taken += 1
 
     def _release(self) -> None:
-        if self._fd is not None:
+        self._depth -= 1
+        if self._fd is not None and self._depth == 0:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

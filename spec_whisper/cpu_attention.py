@@ -11,9 +11,9 @@ place, where a main pass has left them cold.
 
 The encoder's self-attention kernel (`csrc/encoder_attention.cpp`) keeps blocks of queries in
 registers against keys held in cache, from the fused projection's output to the output projection's
-input (a whisper-base layer: 18 ms against PyTorch's 29 ms with AVX-512; 32.6 ms against 34.0 ms on
-an AMD Zen 3 with AVX2). Its tiles need AVX-512 or AVX2 with FMA; elsewhere the encoder takes
-PyTorch's attention.
+input (a whisper-base layer: 18 ms against PyTorch's 29 ms with AVX-512; on an AMD Zen 3 with AVX2 a
+whole window took 0.563 s against 0.577 s, `scripts/bench_encoder.py`). Its tiles need AVX-512 or
+AVX2 with FMA; elsewhere the encoder takes PyTorch's attention.
 
 Both are built by `cpu_kernels` and cover fp32 CPU tensors with heads of 64, every Whisper size; the
 decoder's cross-attention also takes bf16 keys and values (an assistant's copy, for drafts).

@@ -19,6 +19,7 @@ from .decoder import WhisperDecoderRunner, shared_cross_attention
 from .drafters import PRIOR, PROBE_EVERY, AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
 from .encoder import WhisperEncoderRunner
 from .features import HOP_LENGTH, N_FRAMES, LogMelSpectrogram
+from .linear import prepacking_pays_for_many_rows
 from .loading import AssistantEncoder, LoadedModels, load_models
 from .logit_filters import LogitFilter, SuppressAtBegin, SuppressTokens
 from .speculative import DecodeRequest, generate
@@ -84,6 +85,9 @@ class SpeculativeWhisper:
         self.assistant: WhisperDecoderRunner | None = None
         self.main_encoder: WhisperEncoderRunner | None = None
         self.assistant_encoder: WhisperEncoderRunner | None = None
+        if self.device.type == "cpu":
+            with self.turns():  # the large products' path, timed on cores no other stage is using
+                prepacking_pays_for_many_rows()
         if "encoder" in self.stages:
             self.main_encoder = WhisperEncoderRunner(models.main.model.encoder, self.turns)
             if models.assistant_has_encoder:

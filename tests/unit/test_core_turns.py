@@ -52,6 +52,16 @@ def test_a_turn_excludes_other_holders_until_it_ends(tmp_path: Path) -> None:
     assert (mine.taken, other.taken) == (1, 1)
 
 
+def test_a_turn_inside_another_keeps_the_cores_until_the_outer_one_ends(tmp_path: Path) -> None:
+    path = tmp_path / "cores.lock"
+    turns = CoreTurns(path)
+    with turns():
+        with turns():
+            assert not _is_free(path)
+        assert not _is_free(path)  # the inner turn's end did not give the cores away
+    assert _is_free(path) and turns.taken == 1
+
+
 def test_another_process_waits_for_the_turn(tmp_path: Path) -> None:
     path, log = tmp_path / "cores.lock", tmp_path / "log"
     child = textwrap.dedent(
