@@ -19,7 +19,7 @@ from .decoder import WhisperDecoderRunner, shared_cross_attention
 from .drafters import PRIOR, PROBE_EVERY, AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
 from .encoder import WhisperEncoderRunner
 from .features import HOP_LENGTH, N_FRAMES, LogMelSpectrogram
-from .linear import prepacking_pays_for_many_rows
+from .linear import FastLinear, prepacking_pays_for_many_rows
 from .loading import AssistantEncoder, LoadedModels, load_models
 from .logit_filters import LogitFilter, SuppressAtBegin, SuppressTokens
 from .speculative import DecodeRequest, generate
@@ -85,7 +85,7 @@ class SpeculativeWhisper:
         self.assistant: WhisperDecoderRunner | None = None
         self.main_encoder: WhisperEncoderRunner | None = None
         self.assistant_encoder: WhisperEncoderRunner | None = None
-        if self.device.type == "cpu":
+        if FastLinear.prepackable(models.main.proj_out.weight):
             with self.turns():  # the large products' path, timed on cores no other stage is using
                 prepacking_pays_for_many_rows()
         if "encoder" in self.stages:

@@ -50,15 +50,19 @@ class FastLinear:
         """`prepack=False`: PyTorch's default product (`many_rows_linear` chooses)."""
         self.out_features, self.in_features = weight.shape
         self.bias = None if bias is None else bias.detach().contiguous()
-        self.packed = (
-            prepack
-            and weight.device.type == "cpu"
-            and weight.dtype == torch.float32
-            and torch.backends.mkldnn.is_available()
-        )
+        self.packed = prepack and self.prepackable(weight)
         weight = weight.detach().contiguous()
         # The batch-size hint only picks oneDNN's blocking; 8 was as fast as any for 1..64 rows.
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, 8) if self.packed else weight
+
+    @staticmethod
+    def prepackable(weight: Tensor) -> bool:
+        """Whether oneDNN can prepack these weights (fp32 on a CPU); others take PyTorch's product."""
+        return (
+            weight.device.type == "cpu"
+            and weight.dtype == torch.float32
+            and torch.backends.mkldnn.is_available()
+        )
 
     def __call__(self, x: Tensor) -> Tensor:
         if not self.packed:
@@ -142,8 +146,11 @@ class FewRowsLinear:
 
 def many_rows_linear(weight: Tensor, bias: Tensor | None) -> FastLinear:
     """An fp32 product over many rows (an encoder's 1500 frames, cross-attention's keys and values):
-    oneDNN's prepacked path where it measured faster on this machine, else PyTorch's default (MKL)."""
-    return FastLinear(weight, bias, prepack=prepacking_pays_for_many_rows())
+    oneDNN's prepacked path where it measured faster on this machine, else PyTorch's default (MKL).
+    Weights oneDNN cannot prepack (a GPU's, fp16) take PyTorch's without timing anything."""
+    return FastLinear(
+        weight, bias, prepack=FastLinear.prepackable(weight) and prepacking_pays_for_many_rows()
+    )
 
 
 def prepacking_pays_for_many_rows() -> bool:

@@ -9,7 +9,6 @@ import triton_python_backend_utils as pb_utils
 
 from spec_whisper import serving
 from spec_whisper.engine import SpeculativeWhisper
-from spec_whisper.linear import prepacking_pays_for_many_rows
 
 
 def _output(name: str, rows: torch.Tensor) -> pb_utils.Tensor:
@@ -32,9 +31,10 @@ class TritonPythonModel:
                 **settings, device=self.device, stages={"encoder"}, turns=turns
             )
         self.per_pass = int(params.get("max_windows_per_pass", "16"))
-        if self.engine.device.type == "cpu":
-            products = "oneDNN's prepacked" if prepacking_pays_for_many_rows() else "PyTorch's default (MKL)"
-            pb_utils.Logger.log_info(f"spec_whisper: encoder products timed faster here: {products}")
+        if self.engine.device.type == "cpu":  # the path `linear.many_rows_linear` chose at load
+            packed = self.engine.main_encoder.layers[0].fc1.packed
+            products = "oneDNN's prepacked" if packed else "PyTorch's default (MKL)"
+            pb_utils.Logger.log_info(f"spec_whisper: encoder products: {products}")
 
     def _mel(self, request) -> torch.Tensor:
         # A zero-copy view of the request's shared-memory (or GPU) buffer.
