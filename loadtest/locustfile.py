@@ -11,6 +11,11 @@ Two users, two ways of reaching a batch of N (docs/api.md takes one clip per req
   single-clip calls over one channel (a client-side batch); its Locust request is the whole batch,
   and its latency lasts until the last of the N answers is back.
 
+`--stage decoder` sends the same clips to the `whisper_decoder` step alone, with the inputs the
+ensemble's first two steps gave it, computed once (`--decoder-inputs`, made by
+`decoder_stage.compute_decoder_inputs`; scripts/bench_load.py --stage decoder does both): the
+decoder's capacity, free of the encoder's pace (see decoder_stage.py).
+
 Each Locust request is reported with `response_length` = milliseconds of audio it carried, so
 Locust's "average size" reads as audio per request. `--record-file` also writes one JSON line per
 request (start time, latency, audio seconds, clip latencies, drafted/accepted tokens, error) for
@@ -41,6 +46,12 @@ from spec_whisper_client import ClientError, TranscriptionResult, WhisperClient 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clips import CORPORA, DEFAULT_SPEECH_DIR, Clip, load_clips  # noqa: E402
+from decoder_stage import (  # noqa: E402
+    DecoderResult,
+    DecoderStageClient,
+    SharedDecoderInputs,
+    load_decoder_inputs,
+)
 
 __all__ = ["ClipBatchUser", "ClipUser"]
 
@@ -67,23 +78,36 @@ def _add_arguments(parser: Any) -> None:
     group.add_argument("--detect-language", action="store_true", help="send no LANGUAGE")
     group.add_argument("--request-timeout", type=float, default=600.0, help="deadline of one call, s")
     group.add_argument("--record-file", default="", help="append one JSON line per request here")
+    group.add_argument(
+        "--stage",
+        choices=["ensemble", "decoder"],
+        default="ensemble",
+        help="send audio to the whisper ensemble, or saved encoder states to whisper_decoder alone",
+    )
+    group.add_argument("--decoder-inputs", default="", help=".npz of decoder inputs for --stage decoder")
 
 
 # Shared by every user of this process: the clips (decoded once) and the record file.
 _clips: list[Clip] = []
+_decoder_inputs: SharedDecoderInputs | None = None
 _record: IO[str] | None = None
 _user_numbers = itertools.count()
 
 
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
-    global _record
+    global _record, _decoder_inputs
     options = environment.parsed_options
     if options is None:  # used as a library without a command line: nothing to set up
         return
     if options.clips_per_request < 1:
         raise ValueError("--clips-per-request must be at least 1")
     _clips.extend(load_clips(Path(options.speech_dir), options.corpus, options.clip_limit or None))
+    if options.stage == "decoder":
+        if not options.decoder_inputs:
+            raise ValueError("--stage decoder needs --decoder-inputs")
+        saved = load_decoder_inputs(Path(options.decoder_inputs))
+        _decoder_inputs = SharedDecoderInputs(environment.host, saved)
     if options.record_file:
         _record = open(options.record_file, "a", encoding="utf-8")  # noqa: SIM115 - closed at quit
 
@@ -92,6 +116,8 @@ def _on_init(environment: Environment, **_: Any) -> None:
 def _on_quitting(**_: Any) -> None:
     if _record is not None:
         _record.close()
+    if _decoder_inputs is not None:
+        _decoder_inputs.close()
 
 
 class _WhisperUser(User):
@@ -106,6 +132,11 @@ class _WhisperUser(User):
         number = next(_user_numbers)
         # No retries: every failure must show up in the statistics.
         self.whisper = WhisperClient(self.host, retries=0, timeout_s=options.request_timeout)
+        self.decoder = (
+            DecoderStageClient(self.host, _decoder_inputs, options.request_timeout)
+            if _decoder_inputs is not None
+            else None
+        )
         self.detect_language = bool(options.detect_language)
         # With --decoding both, odd and even users start on different modes.
         modes = MODES[options.decoding]
@@ -117,14 +148,19 @@ class _WhisperUser(User):
     def on_stop(self) -> None:
         # Close the channel ourselves: one left to the garbage collector hangs the process at exit.
         self.whisper.close()
+        if self.decoder is not None:
+            self.decoder.close()
 
-    def _one(self, clip: Clip, speculative: bool) -> TranscriptionResult | ClientError:
+    def _one(self, clip: Clip, speculative: bool) -> TranscriptionResult | DecoderResult | ClientError:
         try:
-            result = self.whisper.transcribe(
-                (clip.pcm, 16000),
-                language=None if self.detect_language else clip.language,
-                speculative=speculative,
-            )
+            if self.decoder is not None:
+                result = self.decoder.decode(clip.id, speculative)
+            else:
+                result = self.whisper.transcribe(
+                    (clip.pcm, 16000),
+                    language=None if self.detect_language else clip.language,
+                    speculative=speculative,
+                )
         except ClientError as error:
             return error
         if not result.text.strip():
@@ -148,13 +184,13 @@ class _WhisperUser(User):
     def _report(
         self,
         batch: list[Clip],
-        outcomes: list[TranscriptionResult | ClientError],
+        outcomes: list[TranscriptionResult | DecoderResult | ClientError],
         speculative: bool,
         began_wall: float,
         latency: float,
     ) -> None:
         errors = [o for o in outcomes if isinstance(o, ClientError)]
-        results = [o for o in outcomes if isinstance(o, TranscriptionResult)]
+        results = [o for o in outcomes if not isinstance(o, ClientError)]
         audio_s = sum(clip.seconds for clip in batch)
         mode = "speculative" if speculative else "plain"
         suffix = f" x{len(batch)} clips" if len(batch) > 1 else ""

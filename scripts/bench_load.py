@@ -11,6 +11,12 @@ a batch size N in --sizes, reached two ways, with SPECULATIVE on and off, on the
   so this is a client-side batch: N concurrent single-clip calls over one channel, one Locust
   request whose latency lasts until the last of the N answers.
 
+`--stage decoder` runs the same matrix against the `whisper_decoder` step alone: each clip's encoder
+states (and the features step's window layout and options) are computed once through the server
+before the first cell, and every request sends them straight to the decoder, so it is the bottleneck
+and its clips per second are its capacity (loadtest/decoder_stage.py says why the ensemble cannot
+show that on a CPU).
+
 Locust lets in-flight requests finish (--stop-timeout) so no work spills into the next cell.
 Written to --out-dir: load.csv (latency percentiles, requests/s, clips/s, audio seconds per wall
 second, errors, peak server RSS per cell), stages.csv (per-model queue and compute time from
@@ -51,6 +57,12 @@ REPO = SCRIPTS.parent
 sys.path[:0] = [str(SCRIPTS), str(REPO / "loadtest")]
 
 from clips import CORPORA, DEFAULT_SPEECH_DIR, load_clips  # noqa: E402
+from decoder_stage import (  # noqa: E402
+    DecoderStageClient,
+    SharedDecoderInputs,
+    compute_decoder_inputs,
+    load_decoder_inputs,
+)
 from prepare_models import write_repository  # noqa: E402
 from serve import TritonServer  # noqa: E402
 from spec_whisper_client import WhisperClient  # noqa: E402
@@ -258,6 +270,7 @@ def locust_command(cell: Cell, url: str, args: argparse.Namespace, record: Path)
         "--run-time", f"{args.cell_seconds}s", "--stop-timeout", str(args.stop_timeout),
         "--loglevel", "WARNING", "--speech-dir", str(args.speech_dir), "--corpus", args.corpus,
         "--decoding", cell.mode, "--clips-per-request", str(cell.size), "--record-file", str(record),
+        "--stage", args.stage, "--decoder-inputs", str(decoder_inputs_path(args)),
         WAYS[cell.way],
     ]  # fmt: skip
     # The outer bound: Locust's own limits plus start-up; -k kills it if it ignores the TERM.
@@ -339,12 +352,28 @@ def run_cell(
     return row, stages
 
 
-def warm_up(url: str, speech_dir: Path) -> None:
-    """One request each way before the first cell, so no cell pays for lazy initialisation."""
-    clip = load_clips(speech_dir, "librispeech", limit=1)[0]
+def decoder_inputs_path(args: argparse.Namespace) -> Path:
+    return args.out_dir / "decoder_inputs.npz"
+
+
+def warm_up(url: str, args: argparse.Namespace) -> None:
+    """One request each way before the first cell, so no cell pays for lazy initialisation; for
+    `--stage decoder`, also the decoder's inputs for every clip of the corpus, saved once."""
+    clip = load_clips(args.speech_dir, "librispeech", limit=1)[0]
     with WhisperClient(url, timeout_s=600) as client:
         for speculative in (False, True):
             client.transcribe((clip.pcm, 16000), language=clip.language, speculative=speculative)
+    if args.stage == "decoder":
+        clips = load_clips(args.speech_dir, args.corpus)
+        saved = load_decoder_inputs(compute_decoder_inputs(url, clips, decoder_inputs_path(args)))
+        shared = SharedDecoderInputs(url, saved)
+        decoder = DecoderStageClient(url, shared)
+        try:
+            for speculative in (False, True):
+                decoder.decode(clips[0].id, speculative)
+        finally:
+            decoder.close()
+            shared.close()
 
 
 # --- outputs -------------------------------------------------------------------------------------
@@ -436,14 +465,21 @@ def markdown(
                 f"p50 {plain['p50_s'] / r['p50_s']:.2f}x"
             )
     errors = sum(r["errors"] for r in rows)
+    stage_note = ", the decoder step alone" if args.stage == "decoder" else ""
+    sent = (
+        "each clip's saved encoder states sent straight to `whisper_decoder` (the features and encoder "
+        "steps ran once per clip before the first cell)"
+        if args.stage == "decoder"
+        else "sent as 16 kHz samples with their language"
+    )
     return "\n".join(
         [
             f"\n## Load test (Triton, {dt.date.today().isoformat()}, whisper-base {args.precision} "
-            f"+ `{args.assistant.name}`, {where}, cpu_turns {args.cpu_turns})\n",
+            f"+ `{args.assistant.name}`, {where}, cpu_turns {args.cpu_turns}{stage_note})\n",
             f"Command: `{command}`\n",
             f"Machine: {machine}\n",
-            f"Clips: {args.corpus} set of the shared speech folder, sent as 16 kHz samples with their "
-            f"language. Each cell: {args.cell_seconds} s of closed-loop load, in-flight requests then "
+            f"Clips: {args.corpus} set of the shared speech folder, {sent}. "
+            f"Each cell: {args.cell_seconds} s of closed-loop load, in-flight requests then "
             f"allowed to finish; latency percentiles over all requests of the cell, throughput over "
             f"first start to last answer. **users**: N Locust users, one clip per request, batches "
             f"formed by Triton's dynamic batcher. **batch**: one user sends N clips at once as N "
@@ -484,6 +520,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cell-seconds", type=int, default=60, help="load time of one cell")
     parser.add_argument(
         "--stop-timeout", type=int, default=300, help="seconds in-flight requests get to finish"
+    )
+    parser.add_argument(
+        "--stage",
+        choices=["ensemble", "decoder"],
+        default="ensemble",
+        help="load the whole ensemble (audio in), or the decoder step alone (saved encoder states in)",
     )
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="librispeech-heldout")
     parser.add_argument("--speech-dir", type=Path, default=DEFAULT_SPEECH_DIR)
@@ -544,13 +586,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rss_mb: dict[str, float] = {"start": float("nan"), "peak": float("nan"), "end": float("nan")}
     if args.url:
-        warm_up(args.url, args.speech_dir)
+        warm_up(args.url, args)
         rows = run_matrix(args.url, args, None)
     else:
         log = out_dir / "tritonserver.log"
         with embedded_server(args.main, args.assistant, args.precision, log, args.cpu_turns) as server:
             assert server.process is not None
-            warm_up(server.grpc_url, args.speech_dir)
+            warm_up(server.grpc_url, args)
             sampler = RssSampler(server.process.pid)
             rss_mb["start"] = sampler.current_bytes() / 2**20
             rows = run_matrix(server.grpc_url, args, server.process.pid, server.metrics_url)
@@ -558,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             rss_mb["peak"] = max(r["peak_rss_mb"] for r in rows)
 
     cores = f"{os.cpu_count()} cores"
-    title = f"whisper ensemble on Triton, {state['where']}, {cores}, {args.cell_seconds} s per cell"
+    target = "whisper_decoder alone" if args.stage == "decoder" else "whisper ensemble"
+    title = f"{target} on Triton, {state['where']}, {cores}, {args.cell_seconds} s per cell"
     plot(rows, out_dir / "load.png", title)
     report = markdown(rows, command, machine, state["where"], rss_mb, args, str(out_dir / "load.png"))
     print(report)
