@@ -41,7 +41,7 @@ STATE_NAMES = ("ENCODER_STATES", "ASSISTANT_STATES", "WINDOW_SAMPLES")
 
 # Closed clients, kept until the process exits: tritonclient closes its channel again when collected,
 # and under gevent a collection that lands while grpc holds the channel's lock hangs the process
-# (seen here in about one Locust run in ten).
+# (3 of 55 short Locust runs here before this list, 0 of 20 after).
 _closed: list[grpcclient.InferenceServerClient] = []
 
 
@@ -128,13 +128,14 @@ class SharedDecoderInputs:
             for name in STATE_NAMES:
                 self.layout[clip].append((name, arrays[name], size))
                 size += -(-arrays[name].nbytes // 64) * 64
-        self.region = shared_memory.create_shared_memory_region(self.name, f"/{self.name}", max(size, 64))
+        size = max(size, 64)  # a region of zero bytes cannot be created
+        self.region = shared_memory.create_shared_memory_region(self.name, f"/{self.name}", size)
         for entries in self.layout.values():
             for _, array, offset in entries:
                 if array.nbytes:
                     shared_memory.set_shared_memory_region(self.region, [np.ascontiguousarray(array)], offset)
         self.client = grpcclient.InferenceServerClient(url)
-        self.client.register_system_shared_memory(self.name, f"/{self.name}", max(size, 64))
+        self.client.register_system_shared_memory(self.name, f"/{self.name}", size)
 
     def inputs_for(self, clip_id: str, speculative: bool) -> list[grpcclient.InferInput]:
         entries = self.layout.get(clip_id)
