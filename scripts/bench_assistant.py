@@ -299,7 +299,7 @@ def data_curve(
         assistant = init_assistant(main, config.layers, ffn)
         short = dataclasses.replace(config, steps=steps, max_train_s=float("inf"))
         end = engine.tokens.end_of_text
-        record = train(assistant, part, order[: config.train_vocab], short, end, progress=False)
+        record = train(assistant, part, order[: config.train_vocab], short, end, progress=False, main=main)
         score = evaluate_acceptance(assistant, english, engine, {"a": order[: config.shortlist]})["a"]
         tokens = sum(len(x) - p + 1 for x, p in zip(part.inputs, part.prompt_lens, strict=True))
         rows.append(

@@ -99,6 +99,7 @@ def distil(
         work / CHECKPOINT_FILE,
         evaluate if english.inputs else None,
         progress=progress,
+        main=main,
     )
 
     # 4. Measure and save.
@@ -285,6 +286,12 @@ def model_card(summary: dict) -> str:
     layers = ", ".join(str(i) for i in s["layers"])
     share = summary["added_parameters"] / summary["main_parameters"]
     stopped = " (stopped by the wall-clock cap)" if t.get("stopped_by_time") else ""
+    hidden_weight = s.get("hidden_weight", 0.0)
+    hidden = (
+        f" + {hidden_weight:g} x the squared distance to the main decoder's last hidden states"
+        if hidden_weight
+        else ""
+    )
     synthetic = (
         "Synthetic speech: espeak-ng voices over sentences written for this project, the King James "
         "Bible (public domain, Debian `bible-kjv`, when installed) and the training clips' transcripts."
@@ -318,7 +325,7 @@ Made by `scripts/distil_assistant.py` (`spec_whisper.distillation`) on {summary[
   {summary["added_parameters"]:,} own parameters = {share:.1%} of the main model's
   {summary["main_parameters"]:,}.
 - Loss: soft cross-entropy to the main model's top-{s["top_k"]} probabilities + {s["hard_weight"]} x
-  cross-entropy on its greedy transcripts, over the {s["train_vocab"]} most frequent tokens.
+  cross-entropy on its greedy transcripts, over the {s["train_vocab"]} most frequent tokens{hidden}.
 - Cross-attention keys/values: {cross}.
 - AdamW lr {s["lr"]}, batch {s["batch_size"]}, {t["step"]} steps{stopped}, seed {s["seed"]}, fp32.
 - Time: labelling {summary["labelling_s"]:.0f} s, training {t["train_s"]:.0f} s,

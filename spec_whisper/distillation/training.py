@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import WhisperForCausalLM
+from transformers import WhisperForCausalLM, WhisperForConditionalGeneration
 
 from ..decoder import cross_attention_kv_parameters
 from ..engine import SpeculativeWhisper
@@ -32,9 +32,26 @@ class _Targets:
     hard: list[Tensor]  # [targets] index into the training vocabulary, -1 when outside it
     soft_i: list[Tensor]  # [targets, k] same indexing
     soft_p: list[Tensor]  # [targets, k] renormalised over the entries inside the vocabulary
+    hidden: list[Tensor] | None  # [inputs, d_model] the main decoder's last hidden state
 
 
-def _targets(data: LabelledSet, vocab: list[int], full_vocab: int, end: int) -> _Targets:
+@torch.inference_mode()
+def teacher_hidden_states(main: WhisperForConditionalGeneration, data: LabelledSet) -> list[Tensor]:
+    """The main decoder's last hidden state at every position of every window. The output head is
+    tied to the embeddings in both models, so an assistant that matches these matches the main
+    model's logits over the whole vocabulary, not only its top-k probabilities."""
+    decoder = main.model.decoder.eval()
+    return [
+        decoder(input_ids=x[None], encoder_hidden_states=data.states[i : i + 1].float(), use_cache=False)
+        .last_hidden_state[0]
+        .clone()
+        for i, x in enumerate(data.inputs)
+    ]
+
+
+def _targets(
+    data: LabelledSet, vocab: list[int], full_vocab: int, end: int, hidden: list[Tensor] | None = None
+) -> _Targets:
     index = torch.full((full_vocab,), -1, dtype=torch.long)
     index[torch.tensor(vocab)] = torch.arange(len(vocab))
     hard, soft_i, soft_p = [], [], []
@@ -45,7 +62,7 @@ def _targets(data: LabelledSet, vocab: list[int], full_vocab: int, end: int) -> 
         p = data.top_p[i].float() * (ids >= 0)
         soft_p.append(p / p.sum(-1, keepdim=True).clamp(min=1e-8))
         soft_i.append(ids.clamp(min=0))
-    return _Targets(hard, soft_i, soft_p)
+    return _Targets(hard, soft_i, soft_p, hidden)
 
 
 def _collate(data: LabelledSet, targets: _Targets, rows: list[int], end: int):
@@ -55,21 +72,25 @@ def _collate(data: LabelledSet, targets: _Targets, rows: list[int], end: int):
     hard = torch.full((len(rows), width), -2)  # -2: no target; -1: a target outside the vocabulary
     soft_i = torch.zeros((len(rows), width, k), dtype=torch.long)
     soft_p = torch.zeros((len(rows), width, k))
+    hidden = None if targets.hidden is None else torch.zeros((len(rows), width, targets.hidden[0].shape[-1]))
     for b, r in enumerate(rows):
         x, p = data.inputs[r], data.prompt_lens[r]
         inputs[b, : len(x)] = x
         hard[b, p - 1 : len(x)] = targets.hard[r]
         soft_i[b, p - 1 : len(x)] = targets.soft_i[r]
         soft_p[b, p - 1 : len(x)] = targets.soft_p[r]
-    return inputs, data.states[rows].float(), hard, soft_i, soft_p
+        if hidden is not None:
+            hidden[b, : len(x)] = targets.hidden[r]
+    return inputs, data.states[rows].float(), hard, soft_i, soft_p, hidden
 
 
 def _loss(
-    assistant: WhisperForCausalLM, head: Tensor, batch, hard_weight: float
+    assistant: WhisperForCausalLM, head: Tensor, batch, hard_weight: float, hidden_weight: float = 0.0
 ) -> tuple[Tensor, float, float]:
-    """Soft + hard cross-entropy over the training vocabulary; also the share of positions where
-    the assistant's first choice is the main model's token (what greedy drafting is scored on)."""
-    inputs, states, hard, soft_i, soft_p = batch
+    """Soft + hard cross-entropy over the training vocabulary (+ the squared distance to the main
+    decoder's hidden states, where the batch has them); also the share of positions where the
+    assistant's first choice is the main model's token (what greedy drafting is scored on)."""
+    inputs, states, hard, soft_i, soft_p, teacher = batch
     decoder = assistant.model.decoder
     hidden = decoder(input_ids=inputs, encoder_hidden_states=states, use_cache=False).last_hidden_state
     valid = hard > -2
@@ -79,7 +100,10 @@ def _loss(
     inside = labels >= 0
     ce = F.nll_loss(logp[inside], labels[inside]) if inside.any() else logp.sum() * 0
     agree = (logp.argmax(-1) == labels).float().mean().item()
-    return soft + hard_weight * ce, agree, int(valid.sum())
+    loss = soft + hard_weight * ce
+    if teacher is not None and hidden_weight:
+        loss = loss + hidden_weight * (hidden[valid] - teacher[valid]).pow(2).mean()
+    return loss, agree, int(valid.sum())
 
 
 def _batch_rows(n: int, batch: int, seed: int, step: int) -> list[int]:
@@ -113,10 +137,14 @@ def train(
     checkpoint_every: int = 50,
     progress: bool = True,
     stop_after: int | None = None,
+    main: WhisperForConditionalGeneration | None = None,
 ) -> dict:
     """Train in place for `config.steps` steps (resuming from `checkpoint` when it holds this run's
-    state) and return the record: steps, seconds, losses and the evaluation curve. `stop_after`
-    ends the run early at that step, as an interruption would (for tests)."""
+    state) and return the record: steps, seconds, losses and the evaluation curve. `main` is the
+    teacher, needed when `config.hidden_weight` is set. `stop_after` ends the run early at that
+    step, as an interruption would (for tests)."""
+    if config.hidden_weight and main is None:
+        raise ValueError("config.hidden_weight needs the main model (main=...) for its hidden states")
     torch.manual_seed(config.seed)
     params = _trainable(assistant, config.share_cross_attention)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -135,7 +163,8 @@ def train(
             scheduler.load_state_dict(saved["scheduler"])
             record = saved["record"]
     head = assistant.model.decoder.embed_tokens.weight[torch.tensor(vocab)].detach()
-    targets = _targets(data, vocab, assistant.config.vocab_size, end_of_text)
+    hidden = teacher_hidden_states(main, data) if config.hidden_weight else None
+    targets = _targets(data, vocab, assistant.config.vocab_size, end_of_text, hidden)
     assistant.train()
     bar = tqdm(total=config.steps, initial=record["step"], desc="training", disable=not progress)
     running = None
@@ -143,9 +172,8 @@ def train(
     while record["step"] < min(config.steps, stop_after or config.steps) and not record["stopped_by_time"]:
         began = time.perf_counter()
         rows = _batch_rows(len(data.inputs), config.batch_size, config.seed, record["step"])
-        loss, agree, _ = _loss(
-            assistant, head, _collate(data, targets, rows, end_of_text), config.hard_weight
-        )
+        batch = _collate(data, targets, rows, end_of_text)
+        loss, agree, _ = _loss(assistant, head, batch, config.hard_weight, config.hidden_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

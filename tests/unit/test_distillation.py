@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ from spec_whisper.distillation import (
 )
 from spec_whisper.distillation.config import default_threads, idle_cores
 from spec_whisper.distillation.student import _ffn_within_budget
+from spec_whisper.distillation.training import teacher_hidden_states
 from spec_whisper.engine import SpeculativeWhisper
 from spec_whisper.loading import make_tiny_models
 from spec_whisper.types import DecodingOptions
@@ -66,8 +68,12 @@ def labelled(tiny) -> tuple[SpeculativeWhisper, LabelledSet]:
     return engine, label_clips(engine, _noise_clips(6, False), CONFIG, cache_dir=None)
 
 
+def _main(tiny) -> WhisperForConditionalGeneration:
+    return WhisperForConditionalGeneration.from_pretrained(tiny["main"])
+
+
 def _fresh(tiny) -> WhisperForCausalLM:
-    return init_assistant(WhisperForConditionalGeneration.from_pretrained(tiny["main"]), (0, -1))
+    return init_assistant(_main(tiny), (0, -1))
 
 
 def _vocab(data: LabelledSet) -> list[int]:
@@ -160,7 +166,7 @@ def test_training_lowers_the_loss_and_is_deterministic(tiny, labelled) -> None:
     for _ in range(2):
         assistant = _fresh(tiny)
         before = _full_loss(assistant, data, vocab)
-        record = train(assistant, data, vocab, CONFIG, END, progress=False)
+        record = train(assistant, data, vocab, CONFIG, END, progress=False, main=_main(tiny))
         runs.append((before, _full_loss(assistant, data, vocab), assistant.state_dict(), record))
     (before, after, state, record), (_, _, again, _) = runs
     assert record["step"] == CONFIG.steps
@@ -171,21 +177,63 @@ def test_training_lowers_the_loss_and_is_deterministic(tiny, labelled) -> None:
 def test_resume_continues_from_the_checkpoint(tiny, labelled, tmp_path: Path) -> None:
     _, data = labelled
     vocab = _vocab(data)
+    main = _main(tiny)
     straight = _fresh(tiny)
-    train(straight, data, vocab, CONFIG, END, progress=False)
+    train(straight, data, vocab, CONFIG, END, progress=False, main=main)
 
     checkpoint = tmp_path / CHECKPOINT_FILE
     interrupted = _fresh(tiny)
     record = train(
-        interrupted, data, vocab, CONFIG, END, checkpoint, checkpoint_every=1, progress=False, stop_after=2
+        interrupted,
+        data,
+        vocab,
+        CONFIG,
+        END,
+        checkpoint,
+        checkpoint_every=1,
+        progress=False,
+        stop_after=2,
+        main=main,
     )
     assert record["step"] == 2 and checkpoint.is_file()
     resumed = _fresh(tiny)
-    record = train(resumed, data, vocab, CONFIG, END, checkpoint, progress=False)
+    record = train(resumed, data, vocab, CONFIG, END, checkpoint, progress=False, main=main)
     assert record["step"] == CONFIG.steps
     expected = straight.state_dict()
     for name, value in resumed.state_dict().items():
         assert torch.allclose(value, expected[name], atol=1e-6), name
+
+
+def test_hidden_state_loss_pulls_the_assistant_towards_the_main_decoder(tiny, labelled) -> None:
+    _, data = labelled
+    vocab = _vocab(data)
+    main = _main(tiny)
+    teacher = teacher_hidden_states(main, data)
+    with pytest.raises(ValueError, match="main model"):
+        train(_fresh(tiny), data, vocab, CONFIG, END, progress=False)
+
+    def distance(assistant: WhisperForCausalLM) -> float:
+        with torch.no_grad():
+            return sum(
+                (
+                    assistant.model.decoder(
+                        input_ids=x[None], encoder_hidden_states=data.states[i : i + 1].float()
+                    ).last_hidden_state[0]
+                    - teacher[i]
+                )
+                .pow(2)
+                .mean()
+                .item()
+                for i, x in enumerate(data.inputs)
+            )
+
+    distances = {}
+    for weight in (0.0, 1.0):
+        assistant = _fresh(tiny)
+        config = dataclasses.replace(CONFIG, hidden_weight=weight, steps=20)
+        train(assistant, data, vocab, config, END, progress=False, main=main)
+        distances[weight] = distance(assistant)
+    assert distances[1.0] < 0.9 * distances[0.0]
 
 
 def test_output_directory_loads_everywhere_and_drafts_exactly(tiny, tmp_path: Path) -> None:
