@@ -23,6 +23,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from spec_whisper_client import ClientError
 from spec_whisper_client.audio import PreparedAudio
+from spec_whisper_client.channel import TritonGrpcClient
 from spec_whisper_client.protocol import RequestOptions, build_inputs
 from tritonclient.utils import np_to_triton_dtype, shared_memory
 
@@ -37,12 +38,6 @@ __all__ = [
 DECODER = "whisper_decoder"
 # The inputs the ensemble maps from `whisper_features` and `whisper_encoder` to the decoder.
 STATE_NAMES = ("ENCODER_STATES", "ASSISTANT_STATES", "WINDOW_SAMPLES")
-
-
-# Closed clients, kept until the process exits: tritonclient closes its channel again when collected,
-# and under gevent a collection that lands while grpc holds the channel's lock hangs the process
-# (3 of 55 short Locust runs here before this list, 0 of 20 after).
-_closed: list[grpcclient.InferenceServerClient] = []
 
 
 @dataclass(frozen=True)
@@ -75,7 +70,7 @@ def compute_decoder_inputs(url: str, clips: Iterable, path: Path) -> Path:
     """Run each clip (`loadtest.clips.Clip`) through `whisper_features` and `whisper_encoder` once,
     both decoding modes (OPTIONS carries SPECULATIVE), and save the decoder's inputs to `path` (.npz)."""
     arrays: dict[str, np.ndarray] = {}
-    with grpcclient.InferenceServerClient(url) as client:
+    with TritonGrpcClient(url) as client:
         for clip in clips:
             for speculative in (False, True):
                 options = RequestOptions(language=clip.language, speculative=speculative)
@@ -134,7 +129,7 @@ class SharedDecoderInputs:
             for _, array, offset in entries:
                 if array.nbytes:
                     shared_memory.set_shared_memory_region(self.region, [np.ascontiguousarray(array)], offset)
-        self.client = grpcclient.InferenceServerClient(url)
+        self.client = TritonGrpcClient(url)
         self.client.register_system_shared_memory(self.name, f"/{self.name}", size)
 
     def inputs_for(self, clip_id: str, speculative: bool) -> list[grpcclient.InferInput]:
@@ -154,7 +149,7 @@ class SharedDecoderInputs:
     def close(self) -> None:
         with contextlib.suppress(grpcclient.InferenceServerException):
             self.client.unregister_system_shared_memory(self.name)
-        _close(self.client)
+        self.client.close()
         shared_memory.destroy_shared_memory_region(self.region)
 
 
@@ -169,13 +164,13 @@ class DecoderStageClient:
 
     def close(self) -> None:
         if self.client is not None:
-            _close(self.client)
+            self.client.close()
             self.client = None
 
     def decode(self, clip_id: str, speculative: bool) -> DecoderResult:
         inputs = self.inputs.inputs_for(clip_id, speculative)
         if self.client is None:
-            self.client = grpcclient.InferenceServerClient(self.url)
+            self.client = TritonGrpcClient(self.url)
         began = time.perf_counter()
         try:
             out = _infer(self.client, DECODER, inputs, ("TEXT", "STATS"), self.timeout_s)
@@ -190,8 +185,3 @@ class DecoderStageClient:
             accepted=int(stats[1]),
             latency_s=latency,
         )
-
-
-def _close(client: grpcclient.InferenceServerClient) -> None:
-    client.close()
-    _closed.append(client)

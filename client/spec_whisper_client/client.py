@@ -13,6 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from ._base import PROBE_TIMEOUT_S, ClientBase, check_batch_options, check_concurrency, request_inputs
 from .audio import AudioInput
+from .channel import TritonGrpcClient
 from .errors import ClientError, ServerUnavailable, from_triton
 from .protocol import parse_result
 from .results import HealthStatus, TranscriptionResult
@@ -30,7 +31,7 @@ class WhisperClient(ClientBase):
     """
 
     def _new_client(self) -> grpcclient.InferenceServerClient:
-        return grpcclient.InferenceServerClient(self.url, **self._channel_options)
+        return TritonGrpcClient(self.url, **self._channel_options)
 
     def __enter__(self) -> WhisperClient:
         return self
