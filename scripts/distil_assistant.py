@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--ffn-dim", type=int, help="feed-forward width (default: fit --max-added)")
     parser.add_argument("--max-added", type=float, help="assistant parameters / main parameters")
+    parser.add_argument(
+        "--hidden-weight", type=float, help="weight of the distance to the main decoder's hidden states"
+    )
     parser.add_argument("--shortlist", type=int, help="output-head tokens kept for drafting")
     parser.add_argument("--train-vocab", type=int, help="output-head tokens trained over")
     parser.add_argument("--max-train-minutes", type=float)
@@ -67,7 +70,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_from(args: argparse.Namespace) -> DistilConfig:
     overrides = {
         name: getattr(args, name)
-        for name in ("steps", "batch_size", "lr", "seed", "ffn_dim", "max_added", "shortlist", "train_vocab")
+        for name in (
+            "steps",
+            "batch_size",
+            "lr",
+            "seed",
+            "ffn_dim",
+            "max_added",
+            "hidden_weight",
+            "shortlist",
+            "train_vocab",
+        )
         if getattr(args, name) is not None
     }
     if args.max_train_minutes is not None:
