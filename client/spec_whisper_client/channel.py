@@ -13,7 +13,8 @@ class TritonGrpcClient(grpcclient.InferenceServerClient):
     tritonclient's `__del__` closes the channel again when the object is collected. Under gevent
     (Locust) a collection that lands while grpc holds the channel's lock hung the process at exit:
     3 of 55 short Locust runs of the decoder step here, the stack `__del__` -> `close` -> grpc's
-    `_close`; 0 of 20 once closed clients were no longer closed again.
+    `_close`. Keeping closed clients alive, so that the collector never closed them again, gave 0 of
+    20; this class removes the second close itself instead.
     """
 
     _closed = False

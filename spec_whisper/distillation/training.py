@@ -36,11 +36,14 @@ class _Targets:
 
 
 @torch.inference_mode()
-def teacher_hidden_states(main: WhisperForConditionalGeneration, data: LabelledSet) -> list[Tensor]:
-    """The main decoder's last hidden state at every position of every window. The output head is
-    tied to the embeddings in both models, so an assistant that matches these matches the main
-    model's logits over the whole vocabulary, not only its top-k probabilities."""
-    decoder = main.model.decoder.eval()
+def last_hidden_states(
+    model: WhisperForConditionalGeneration | WhisperForCausalLM, data: LabelledSet
+) -> list[Tensor]:
+    """A decoder's last hidden state at every position of every window, teacher-forced. Of the main
+    model, these are the assistant's targets: the output head is tied to the embeddings in both
+    models, so an assistant that matches them matches the main model's logits over the whole
+    vocabulary, not only its top-k probabilities."""
+    decoder = model.model.decoder.eval()
     return [
         decoder(input_ids=x[None], encoder_hidden_states=data.states[i : i + 1].float(), use_cache=False)
         .last_hidden_state[0]
@@ -163,7 +166,7 @@ def train(
             scheduler.load_state_dict(saved["scheduler"])
             record = saved["record"]
     head = assistant.model.decoder.embed_tokens.weight[torch.tensor(vocab)].detach()
-    hidden = teacher_hidden_states(main, data) if config.hidden_weight else None
+    hidden = last_hidden_states(main, data) if config.hidden_weight else None
     targets = _targets(data, vocab, assistant.config.vocab_size, end_of_text, hidden)
     assistant.train()
     bar = tqdm(total=config.steps, initial=record["step"], desc="training", disable=not progress)
