@@ -208,11 +208,16 @@ class LiveCosts:
     caches the main pass emptied) and one for the steps after it; a batch between two table sizes
     takes the nearer's scales. The draft length depends on the ratios of these prices, which can drift
     from the table's.
+
+    Beside them, per batch size, the seconds and committed tokens of passes that drafted and of plain
+    ones (`drafting_pays`), averaged at `weight`; a probe, a drafting pass while drafting is measured
+    dearer, at `rare_weight`.
     """
 
-    def __init__(self, table: DecoderCosts, weight: float = 0.1) -> None:
+    def __init__(self, table: DecoderCosts, weight: float = 0.1, rare_weight: float = 0.5) -> None:
         self.table = table
         self.weight = weight
+        self.rare_weight = rare_weight
         self.verify_scale = np.ones(len(BATCHES))
         self.first_scale = np.ones(len(BATCHES))
         self.draft_scale = np.ones(len(BATCHES))
@@ -276,11 +281,17 @@ class LiveCosts:
         kind = int(timed.drafts > 0)
         if timed.committed and (kind or timed.tokens == 1):  # not a request's first pass (its prompt)
             # A mean of the readings so far until there are 1 / weight of them, an exponential average
-            # after; each reading within [1/4, 4] of what the prices say the pass costs. A verdict
-            # against drafting is only revisited by rare probes: one stalled first reading taken at
-            # full weight had made drafting look dear for hundreds of passes.
+            # after; each reading within [1/4, 4] of what the prices say the pass costs. While
+            # drafting does not pay, its readings are probes, one in dozens of passes, so each takes
+            # `rare_weight`: at `weight` a verdict set during a slow spell of the machine (every
+            # drafting pass timed in it, the plain one after it) stood for about 15 probes, some 500
+            # passes. Plain readings while drafting pays need no such weight: drafting passes, which
+            # come every pass, correct a wrong verdict for drafting.
+            probe = kind and self.drafting_pays(timed.rows) is False
             self._readings[size][kind] += 1
             weight = max(self.weight, 1.0 / self._readings[size][kind])
+            if probe:
+                weight = max(weight, self.rare_weight)
             priced = self.verify_s(timed.rows, timed.tokens) + self.drafting_s(timed.rows, timed.drafts)
             seconds = float(min(max(timed.draft_s + timed.verify_s, priced / 4), priced * 4))
             spent, committed = self._spent[size], self._committed[size]

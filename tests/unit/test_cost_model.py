@@ -280,6 +280,21 @@ def test_one_stalled_first_drafting_pass_does_not_stop_drafting() -> None:
     assert [i for i, k in enumerate(chosen) if k == 0] == [31, 64, 97]  # the checks only
 
 
+def test_a_verdict_set_during_a_slow_spell_is_reversed_within_a_few_probes() -> None:
+    """The first 32 drafting passes run in a slow spell (3.75 s for 2 tokens); it ends before the
+    first plain pass (1 s for 1 token), so drafting looks dear. After it a drafting pass costs
+    1.5 s for 2 tokens: the probes must bring drafting back soon, not after hundreds of passes."""
+    live = LiveCosts(_costs(0.0, 0.25), weight=0.1)
+    policy = CostModelPolicy(live, batch=1)
+    spell = _run_policy(policy, 33, 3.75)
+    assert spell[-1] == 0 and live.drafting_pays(1) is False
+    after = _run_policy(policy, 200, 1.5)
+    assert live.drafting_pays(1) is True
+    back = next(i for i in range(len(after)) if all(k > 0 for k in after[i : i + 8]))
+    assert back <= 4 * 33  # 3 probes at 32 plain passes apart, the rests' rounding aside
+    assert sum(k > 0 for k in after[back:]) >= 0.9 * len(after[back:])
+
+
 def test_the_engine_starts_each_language_from_the_acceptance_it_has_seen(tiny) -> None:
     engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])  # the main model as its own assistant
     engine._costs = _costs(0.0, 0.01)  # drafting pays: every request drafts
