@@ -203,11 +203,15 @@ class LiveCosts:
     """A `DecoderCosts` table rescaled by what passes cost in place.
 
     For each of the table's batch sizes, an exponential average (in log space, each reading's ratio
-    clamped to [1/4, 4] so that one stall cannot swing it) of measured over tabled seconds: one for
-    verify passes, one for a pass's first draft step (with the drafter's per-pass work, and the
-    caches the main pass emptied) and one for the steps after it; a batch between two table sizes
+    clamped to [1/4, 4] so that one stall cannot swing it) of measured over tabled seconds for verify
+    passes, which run every pass and so follow the machine's speed; and, relative to the verify
+    pass they came with, one for a pass's first draft step (with the drafter's per-pass work, and the
+    caches the main pass emptied) and one for the steps after it. A batch between two table sizes
     takes the nearer's scales. The draft length depends on the ratios of these prices, which can drift
-    from the table's.
+    from the table's. Learnt in absolute seconds, the draft prices of a slow spell of the machine
+    stayed until drafting ran again, and the policy, seeing them dear, hardly drafted again: English
+    at batch 1 fell from 1.15x to 1.00x after a 20 s spell (docs/benchmarks.md). Relative, a spell
+    slows both alike, and the plain passes after it bring the draft prices back with the verify's.
 
     Beside them, per batch size, the seconds and committed tokens of passes that drafted and of plain
     ones (`drafting_pays`), averaged at `weight`; a probe, a drafting pass while drafting is measured
@@ -219,8 +223,8 @@ class LiveCosts:
         self.weight = weight
         self.rare_weight = rare_weight
         self.verify_scale = np.ones(len(BATCHES))
-        self.first_scale = np.ones(len(BATCHES))
-        self.draft_scale = np.ones(len(BATCHES))
+        self.first_relative = np.ones(len(BATCHES))  # the first draft step's scale over verify_scale
+        self.draft_relative = np.ones(len(BATCHES))  # the later steps' scale over verify_scale
         self._prices: dict[tuple[int, int], list[float]] = {}  # pass_prices until the next observe
         # Averages of seconds and committed tokens per pass by batch size, [plain, drafting] (`observe`).
         self._spent = [[0.0, 0.0] for _ in BATCHES]
@@ -231,6 +235,16 @@ class LiveCosts:
     def verify(self) -> np.ndarray:
         """The table's `verify` as rescaled so far."""
         return self.table.verify * self.verify_scale[:, None]
+
+    @property
+    def first_scale(self) -> np.ndarray:
+        """Measured over tabled seconds of a pass's first draft step, by batch size."""
+        return self.verify_scale * self.first_relative
+
+    @property
+    def draft_scale(self) -> np.ndarray:
+        """Measured over tabled seconds of the later draft steps, by batch size."""
+        return self.verify_scale * self.draft_relative
 
     @property
     def draft(self) -> np.ndarray:
@@ -245,18 +259,20 @@ class LiveCosts:
         return self.table.verify_s(batch, tokens) * self.verify_scale[self._size(batch)]
 
     def draft_s(self, batch: int) -> float:
-        return self.table.draft_s(batch) * self.draft_scale[self._size(batch)]
+        size = self._size(batch)
+        return self.table.draft_s(batch) * self.verify_scale[size] * self.draft_relative[size]
 
     def drafting_s(self, batch: int, drafts: int) -> float:
         if drafts == 0:
             return 0.0
         size = self._size(batch)
-        first = self.table.drafting_s(batch, 1) * self.first_scale[size]
-        return first + (drafts - 1) * self.table.draft_s(batch) * self.draft_scale[size]
+        first = self.table.drafting_s(batch, 1) * self.verify_scale[size] * self.first_relative[size]
+        return first + (drafts - 1) * self.draft_s(batch)
 
     def pass_s(self, batch: int, maximum: int) -> np.ndarray:
         size = self._size(batch)
-        scales = [self.verify_scale[size], self.first_scale[size], self.draft_scale[size]]
+        verify = self.verify_scale[size]
+        scales = [verify, verify * self.first_relative[size], verify * self.draft_relative[size]]
         return np.asarray(scales) @ self.table.pass_parts(batch, maximum)
 
     def pass_prices(self, batch: int, maximum: int) -> list[float]:
@@ -298,23 +314,22 @@ class LiveCosts:
             spent[kind] += weight * (seconds - spent[kind])
             committed[kind] += weight * (timed.committed - committed[kind])
         self._prices.clear()
-        self.verify_scale[size] = self._updated(
-            self.verify_scale[size], timed.verify_s / self.table.verify_s(timed.rows, timed.tokens)
-        )
-        if not timed.drafts:
+        verify = timed.verify_s / self.table.verify_s(timed.rows, timed.tokens)
+        self.verify_scale[size] = self._updated(self.verify_scale[size], verify)
+        if not timed.drafts or not verify > 0:
             return
         if timed.first_draft_s is None:  # one reading for the whole drafting, shared out as tabled
-            ratio = timed.draft_s / self.table.drafting_s(timed.rows, timed.drafts)
-            self.first_scale[size] = self._updated(self.first_scale[size], ratio)
-            self.draft_scale[size] = self._updated(self.draft_scale[size], ratio)
+            ratio = timed.draft_s / self.table.drafting_s(timed.rows, timed.drafts) / verify
+            self.first_relative[size] = self._updated(self.first_relative[size], ratio)
+            self.draft_relative[size] = self._updated(self.draft_relative[size], ratio)
             return
-        first = timed.first_draft_s / self.table.drafting_s(timed.rows, 1)
-        self.first_scale[size] = self._updated(self.first_scale[size], first)
+        first = timed.first_draft_s / self.table.drafting_s(timed.rows, 1) / verify
+        self.first_relative[size] = self._updated(self.first_relative[size], first)
         if timed.drafts > 1:
-            later = (timed.draft_s - timed.first_draft_s) / (timed.drafts - 1)
-            self.draft_scale[size] = self._updated(
-                self.draft_scale[size], later / self.table.draft_s(timed.rows)
+            later = (
+                (timed.draft_s - timed.first_draft_s) / (timed.drafts - 1) / self.table.draft_s(timed.rows)
             )
+            self.draft_relative[size] = self._updated(self.draft_relative[size], later / verify)
 
     def _updated(self, scale: float, ratio: float) -> float:
         if not math.isfinite(ratio) or ratio <= 0:  # a table without an assistant's timings

@@ -193,9 +193,26 @@ def test_one_stalled_pass_moves_the_prices_a_bounded_step() -> None:
     live.observe(_pass(2, 3, 2, table, verify_x=1000.0, draft_x=1000.0))  # the machine paused
     assert live.verify_scale[BATCHES.index(2)] == pytest.approx(4**0.1)
     assert live.draft_scale[BATCHES.index(2)] == pytest.approx(4**0.1)
-    live.observe(_pass(2, 3, 0, table, verify_x=1.0, draft_x=1.0))  # no drafts: draft price untouched
-    assert live.draft_scale[BATCHES.index(2)] == pytest.approx(4**0.1)
+    assert live.draft_relative[BATCHES.index(2)] == pytest.approx(1.0)  # as dear as its verify pass
+    live.observe(_pass(2, 3, 0, table, verify_x=1.0, draft_x=1.0))  # no drafts: the draft price follows
     assert live.verify_scale[BATCHES.index(2)] == pytest.approx(4**0.09)
+    assert live.draft_scale[BATCHES.index(2)] == pytest.approx(4**0.09)
+
+
+def test_draft_prices_learnt_in_a_slow_spell_follow_the_machine_back() -> None:
+    """40 drafting passes with everything 2.5x the table's price, then plain passes at the table's:
+    the draft prices come back with the verify price, though nothing drafts after the spell."""
+    table = _costs(0.02, 0.05)
+    live = LiveCosts(table, weight=0.1)
+    for _ in range(40):
+        first = 2.5 * table.drafting_s(1, 1)
+        live.observe(PassTime(1, 4, 3, first + 2 * 2.5 * table.draft_s(1), 2.5 * table.verify_s(1, 4), first))
+    assert live.draft_s(1) == pytest.approx(2.5 * table.draft_s(1), rel=0.05)
+    for _ in range(40):
+        live.observe(_pass(1, 1, 0, table, verify_x=1.0, draft_x=1.0))
+    assert live.draft_s(1) == pytest.approx(table.draft_s(1), rel=0.05)
+    assert live.drafting_s(1, 3) == pytest.approx(table.drafting_s(1, 3), rel=0.05)
+    assert best_draft_length(live, [0.8], 16) == best_draft_length(table, [0.8], 16)
 
 
 def test_a_policy_that_stopped_drafting_probes_now_and_then() -> None:
