@@ -5,6 +5,7 @@
     python scripts/bench_assistant.py --data-curve 150         # + short retrainings on parts of the data
     python scripts/bench_assistant.py --compare-frames         # + the assistant over all 1,500 frames
     python scripts/bench_assistant.py --compare-activations    # + its products with fp32 activations
+    python scripts/bench_assistant.py --fixed-lengths 1 2      # + 1 and 2 drafts every pass
 
 Prints, per held-out group (LibriSpeech English, then each FLEURS language):
 - token acceptance: the share of the main model's greedy tokens the assistant's greedy choice
@@ -26,7 +27,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -111,6 +112,10 @@ def parse_args() -> argparse.Namespace:
         help="also time the assistant's int8 weights meeting fp32 activations (the default on VNNI: int8)",
     )
     parser.add_argument("--skip-groups", action="store_true", help="no per-group acceptance and timing")
+    parser.add_argument(
+        "--fixed-lengths", type=int, nargs="*", default=[], metavar="K",
+        help="also time speculative decoding with K drafts every pass (no cost model)",
+    )  # fmt: skip
     return parser.parse_args()
 
 
@@ -186,14 +191,18 @@ def time_decoding(
     languages: list[str],
     repeats: int,
     variants: dict[str, Callable[[], AbstractContextManager]] | None = None,
+    fixed_lengths: Sequence[int] = (),
 ) -> dict[str, float]:
     """Batch-1 decoding time (min over repeats, interleaved) per mode, summed over the clips: greedy,
     speculative, and speculative under each of `variants` (a name and the setting it decodes in:
-    `shared_shortlist`, `all_frames`, `swapped_assistant`); the same engine and cost table."""
+    `shared_shortlist`, `all_frames`, `swapped_assistant`) and with each of `fixed_lengths` drafts
+    every pass instead of the cost model's choice; the same engine and cost table."""
     totals = {"greedy_s": 0.0, "speculative_s": 0.0, "tokens": 0, "drafted": 0, "accepted": 0, "passes": 0}
-    modes = {"greedy": (nullcontext, False), "speculative": (nullcontext, True)}
-    for name, setting in (variants or {}).items():
-        modes[f"speculative_{name}"] = (setting, True)
+    modes = {"greedy": (nullcontext, False, None), "speculative": (nullcontext, True, None)}
+    named = {**(variants or {}), **{f"k{k}": nullcontext for k in fixed_lengths}}
+    for name, setting in named.items():
+        length = int(name[1:]) if name not in (variants or {}) else None
+        modes[f"speculative_{name}"] = (setting, True, length)
         totals[f"speculative_{name}_s"] = 0.0
     mismatches = 0
     for clip, lang in zip(pcm, languages, strict=True):
@@ -201,16 +210,17 @@ def time_decoding(
         best = dict.fromkeys(modes, float("inf"))
         outputs = {}
         for _ in range(repeats):
-            for mode, (setting, speculative) in modes.items():
+            for mode, (setting, speculative, length) in modes.items():
+                options = DecodingOptions(lang, speculative=speculative, draft_length=length)
                 with setting():
-                    result = engine.decode(states, [DecodingOptions(lang, speculative=speculative)])[0]
+                    result = engine.decode(states, [options])[0]
                 best[mode] = min(best[mode], result.stats.decode_s)
                 outputs[mode] = result
         mismatches += any(r.tokens != outputs["greedy"].tokens for r in outputs.values())
         stats = outputs["speculative"].stats
         for mode in modes:
             totals[f"{mode}_s"] += best[mode]
-        for name in variants or {}:  # the last repeat's drafts
+        for name in named:  # the last repeat's drafts
             drafted = outputs[f"speculative_{name}"].stats
             totals[f"drafted_{name}"] = totals.get(f"drafted_{name}", 0) + drafted.drafted
             totals[f"accepted_{name}"] = totals.get(f"accepted_{name}", 0) + drafted.accepted
@@ -220,7 +230,7 @@ def time_decoding(
         totals["passes"] += stats.main_passes
     totals["identical"] = mismatches == 0
     totals["speedup"] = totals["greedy_s"] / totals["speculative_s"]
-    for name in variants or {}:
+    for name in named:
         totals[f"speedup_{name}"] = totals["greedy_s"] / totals[f"speculative_{name}_s"]
         totals[f"engine_acceptance_{name}"] = totals[f"accepted_{name}"] / max(1, totals[f"drafted_{name}"])
     totals["engine_acceptance"] = totals["accepted"] / max(1, totals["drafted"])
@@ -380,7 +390,7 @@ def main() -> int:
             variants["all_frames"] = partial(all_frames, engine)
         if fp32_activations is not None:
             variants["fp32_activations"] = partial(swapped_assistant, engine, fp32_activations)
-        timing = time_decoding(engine, pcm, [group] * len(clips), args.repeats, variants)
+        timing = time_decoding(engine, pcm, [group] * len(clips), args.repeats, variants, args.fixed_lengths)
         costs = cost_model(engine, timing, draft_ms, main_ms)
         report["groups"][group] = {"clips": len(clips), "acceptance": accept, "timing": timing, "cost": costs}
         name = "LibriSpeech test-other (held-out speakers)" if group == "en" else f"FLEURS {group}"
@@ -391,7 +401,10 @@ def main() -> int:
             f"speculative {timing['speculative_s']:.2f} s -> {timing['speedup']:.2f}x, "
             f"tokens identical: {timing['identical']}"
         )
-        for name, says in VARIANTS.items():
+        fixed = {
+            f"k{k}": f"{k} drafts every pass instead of the cost model's choice" for k in args.fixed_lengths
+        }
+        for name, says in {**VARIANTS, **fixed}.items():
             if f"speedup_{name}" in timing:
                 print(
                     f"{says}: {timing[f'speculative_{name}_s']:.2f} s -> {timing[f'speedup_{name}']:.2f}x, "
