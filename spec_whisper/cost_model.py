@@ -143,6 +143,10 @@ class DecoderCosts:
         """A fixed table has measured nothing in place (`LiveCosts.drafting_pays`)."""
         return None
 
+    def stale_batches(self) -> list[int]:
+        """A fixed table is never timed again (`LiveCosts.stale_batches`)."""
+        return []
+
     def describe(self, batches: Sequence[int] = (1, 8)) -> str:
         """The table in a line per batch size, for a server's log: the main pass over 1, 2, 4 and 8
         tokens per row, and an assistant step (and what the first of a pass costs on top), in ms."""
@@ -159,11 +163,17 @@ class DecoderCosts:
     @classmethod
     @torch.inference_mode()
     def measure(
-        cls, main: WhisperDecoderRunner, assistant: WhisperDecoderRunner | None, frames: int, repeats: int = 3
+        cls,
+        main: WhisperDecoderRunner,
+        assistant: WhisperDecoderRunner | None,
+        frames: int,
+        repeats: int = 3,
+        batches: Sequence[int] = BATCHES,
     ) -> DecoderCosts:
         """Median time of each pass shape, over `frames` encoder frames of random states. The shapes of
         one batch size are timed in turn, round after round, so that a slow spell of the machine
-        (these are shared cores) lands on all of them rather than on the few it happens to overlap."""
+        (these are shared cores) lands on all of them rather than on the few it happens to overlap.
+        Only `batches` (of BATCHES) are timed; the others' prices are left at zero (`with_rows`)."""
 
         def timed(runner: WhisperDecoderRunner, cache: DecoderCache, tokens: int) -> Callable[[], float]:
             batch = cache.self_k.shape[1]
@@ -179,6 +189,8 @@ class DecoderCosts:
         verify, draft = np.zeros((len(BATCHES), len(TOKENS))), np.full(len(BATCHES), np.inf)
         first_extra = np.zeros(len(BATCHES))
         for i, batch in enumerate(BATCHES):
+            if batch not in batches:
+                continue
             states = torch.randn(batch, frames, main.encoder_dim, dtype=main.dtype, device=main.device)
             cache = main.new_cache(states)
             passes = [timed(main, cache, tokens) for tokens in TOKENS]
@@ -198,6 +210,17 @@ class DecoderCosts:
                 first_extra[i] = max(0.0, medians[-2] - medians[-1])
         return cls(verify, draft, first_extra)
 
+    def with_rows(self, other: DecoderCosts, batches: Sequence[int]) -> DecoderCosts:
+        """This table with `other`'s prices for `batches`."""
+        rows = [BATCHES.index(b) for b in batches]
+        verify, draft, first_extra = self.verify.copy(), self.draft.copy(), self.first_extra.copy()
+        verify[rows], draft[rows], first_extra[rows] = (
+            other.verify[rows],
+            other.draft[rows],
+            other.first_extra[rows],
+        )
+        return DecoderCosts(verify, draft, first_extra)
+
 
 class LiveCosts:
     """A `DecoderCosts` table rescaled by what passes cost in place.
@@ -216,7 +239,18 @@ class LiveCosts:
     Beside them, per batch size, the seconds and committed tokens of passes that drafted and of plain
     ones (`drafting_pays`), averaged at `weight`; a probe, a drafting pass while drafting is measured
     dearer, at `rare_weight`.
+
+    One scale per batch size cannot mend a table whose shape is wrong. Timed during a slow spell of
+    the machine (another process on the cores), a table put a 2-token verify pass at 1.66 1-token
+    passes where quiet timings give 1.0-1.3, and the policy hardly drafted for the rest of the run.
+    Such a table shows as verify passes running faster in place than it says, where in place they
+    otherwise run 1.0-1.45x its prices: `stale_batches` names the batch sizes to time again
+    (`retimed`).
     """
+
+    # `stale_batches`: verify passes in place at under this share of the table's price, over at least
+    # `RETIME_READINGS` of them since the table's row was timed (twice as many after each retiming).
+    RETIME_BELOW, RETIME_READINGS = 2 / 3, 64
 
     def __init__(self, table: DecoderCosts, weight: float = 0.1, rare_weight: float = 0.5) -> None:
         self.table = table
@@ -226,6 +260,8 @@ class LiveCosts:
         self.first_relative = np.ones(len(BATCHES))  # the first draft step's scale over verify_scale
         self.draft_relative = np.ones(len(BATCHES))  # the later steps' scale over verify_scale
         self._prices: dict[tuple[int, int], list[float]] = {}  # pass_prices until the next observe
+        self._since_timed = [0] * len(BATCHES)  # verify passes seen since each row was timed
+        self._retime_after = [self.RETIME_READINGS] * len(BATCHES)
         # Averages of seconds and committed tokens per pass by batch size, [plain, drafting] (`observe`).
         self._spent = [[0.0, 0.0] for _ in BATCHES]
         self._committed = [[0.0, 0.0] for _ in BATCHES]
@@ -314,6 +350,7 @@ class LiveCosts:
             spent[kind] += weight * (seconds - spent[kind])
             committed[kind] += weight * (timed.committed - committed[kind])
         self._prices.clear()
+        self._since_timed[size] += 1
         verify = timed.verify_s / self.table.verify_s(timed.rows, timed.tokens)
         self.verify_scale[size] = self._updated(self.verify_scale[size], verify)
         if not timed.drafts or not verify > 0:
@@ -330,6 +367,25 @@ class LiveCosts:
                 (timed.draft_s - timed.first_draft_s) / (timed.drafts - 1) / self.table.draft_s(timed.rows)
             )
             self.draft_relative[size] = self._updated(self.draft_relative[size], later / verify)
+
+    def stale_batches(self) -> list[int]:
+        """The batch sizes whose table rows were timed on a slower machine than the one running now."""
+        return [
+            batch
+            for i, batch in enumerate(BATCHES)
+            if self._since_timed[i] >= self._retime_after[i] and self.verify_scale[i] < self.RETIME_BELOW
+        ]
+
+    def retimed(self, table: DecoderCosts, batches: Sequence[int]) -> None:
+        """Take `table`'s prices for `batches` (`DecoderCosts.measure` timed them again) and learn their
+        scales afresh. Each retiming of a row doubles the passes before the next may be asked for."""
+        self.table = self.table.with_rows(table, batches)
+        for batch in batches:
+            i = BATCHES.index(batch)
+            self.verify_scale[i] = self.first_relative[i] = self.draft_relative[i] = 1.0
+            self._since_timed[i] = 0
+            self._retime_after[i] *= 2
+        self._prices.clear()
 
     def _updated(self, scale: float, ratio: float) -> float:
         if not math.isfinite(ratio) or ratio <= 0:  # a table without an assistant's timings

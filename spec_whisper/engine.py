@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Collection, Sequence
@@ -25,6 +26,8 @@ from .logit_filters import LogitFilter, SuppressAtBegin, SuppressTokens
 from .speculative import DecodeRequest, generate
 from .tokens import SpecialTokens
 from .types import DecodingOptions, DecodingStats, Transcription
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["STAGES", "EncoderStates", "SpeculativeWhisper"]
 
@@ -147,13 +150,22 @@ class SpeculativeWhisper:
 
     def costs(self) -> PassCosts:
         """Measured pass costs that pick the draft length: timed on first use (a few seconds), then
-        rescaled by every speculative pass this engine runs (`LiveCosts`)."""
+        rescaled by every speculative pass this engine runs (`LiveCosts`), and a batch size's row timed
+        again where the passes show it was timed in a slow spell (`LiveCosts.stale_batches`)."""
         if self._costs is None:
             assert self.main is not None, "no decoder stage"
-            frames = self.models.main.config.max_source_positions
             with self.turns():  # timed on cores no other stage is using
-                self._costs = LiveCosts(DecoderCosts.measure(self.main, self.assistant, frames))
+                self._costs = LiveCosts(DecoderCosts.measure(self.main, self.assistant, self._frames))
+        elif stale := self._costs.stale_batches():  # timed in a slow spell of the machine: again
+            with self.turns():
+                table = DecoderCosts.measure(self.main, self.assistant, self._frames, batches=stale)
+            self._costs.retimed(table, stale)
+            logger.info("pass costs timed again for batch sizes %s: %s", stale, table.describe(stale))
         return self._costs
+
+    @property
+    def _frames(self) -> int:
+        return self.models.main.config.max_source_positions
 
     def check_language(self, language: str | None) -> None:
         self.tokens.check_language(language)

@@ -128,6 +128,42 @@ def test_engine_measures_costs_and_stays_exact(tiny) -> None:
     assert all(r.stats.drafted == 0 for r in none)
 
 
+def test_a_table_timed_on_a_slower_machine_is_timed_again(tiny) -> None:
+    """Verify passes in place at a tenth of the table's batch-1 prices, as after a table timed in a
+    slow spell: after 64 of them the engine times that row again, and only that row."""
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])
+    measured = engine.costs().table
+    slow = DecoderCosts(measured.verify * 10, measured.draft * 10, measured.first_extra * 10)
+    engine._costs = live = LiveCosts(slow)
+    rng = np.random.default_rng(3)
+    states = engine.encode(engine.log_mel([(0.1 * rng.standard_normal(16000 * 5)).astype(np.float32)]))
+    plain = engine.decode(states, [DecodingOptions(language="en", speculative=False, max_new_tokens=25)])
+    for _ in range(30):  # 64 priced passes (not a request's first, nor most of a rest's)
+        if live.stale_batches():
+            break
+        assert engine.costs().table is live.table  # not stale yet: the same table
+        result = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=25)])[0]
+        assert result.tokens == plain[0].tokens
+    assert live.stale_batches() == [1]
+    assert engine.costs() is live and live.stale_batches() == []
+    assert np.all(live.table.verify[0] < slow.verify[0] / 3)  # timed again, at about the machine's speed
+    np.testing.assert_array_equal(live.table.verify[1:], slow.verify[1:])
+    assert live.verify_scale[0] == 1.0 and live._retime_after[0] == 2 * LiveCosts.RETIME_READINGS
+
+
+def test_a_machine_slower_than_its_table_keeps_the_table() -> None:
+    """In place the passes often run dearer than the start-up table (the policy's work, caches the
+    other decoder emptied): that is a scale, not a table to time again."""
+    table = _costs(0.02, 0.05)
+    live = LiveCosts(table, weight=0.1)
+    for _ in range(200):
+        live.observe(_pass(1, 3, 2, table, verify_x=2.0, draft_x=2.0))
+    assert live.stale_batches() == []
+    for _ in range(LiveCosts.RETIME_READINGS):
+        live.observe(_pass(1, 3, 2, table, verify_x=0.3, draft_x=0.3))
+    assert live.stale_batches() == [1]
+
+
 def test_expected_tokens_is_the_geometric_sum_per_row() -> None:
     """Each row commits its own token plus drafts accepted before the first miss: sum of a^j."""
     acceptance = torch.tensor([0.5, 0.8, 0.0])
