@@ -250,7 +250,7 @@ class LiveCosts:
 
     # `stale_batches`: verify passes in place at under this share of the table's price, over at least
     # `RETIME_READINGS` of them since the table's row was timed (twice as many after each retiming).
-    RETIME_BELOW, RETIME_READINGS = 2 / 3, 64
+    RETIME_BELOW, RETIME_READINGS = 2 / 3, 16
 
     def __init__(self, table: DecoderCosts, weight: float = 0.1, rare_weight: float = 0.5) -> None:
         self.table = table

@@ -130,7 +130,7 @@ def test_engine_measures_costs_and_stays_exact(tiny) -> None:
 
 def test_a_table_timed_on_a_slower_machine_is_timed_again(tiny) -> None:
     """Verify passes in place at a tenth of the table's batch-1 prices, as after a table timed in a
-    slow spell: after 64 of them the engine times that row again, and only that row."""
+    slow spell: after 16 of them the engine times that row again, and only that row."""
     engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])
     measured = engine.costs().table
     slow = DecoderCosts(measured.verify * 10, measured.draft * 10, measured.first_extra * 10)
@@ -138,7 +138,7 @@ def test_a_table_timed_on_a_slower_machine_is_timed_again(tiny) -> None:
     rng = np.random.default_rng(3)
     states = engine.encode(engine.log_mel([(0.1 * rng.standard_normal(16000 * 5)).astype(np.float32)]))
     plain = engine.decode(states, [DecodingOptions(language="en", speculative=False, max_new_tokens=25)])
-    for _ in range(30):  # 64 priced passes (not a request's first, nor most of a rest's)
+    for _ in range(30):  # 16 priced passes (not a request's first, nor most of a rest's)
         if live.stale_batches():
             break
         assert engine.costs().table is live.table  # not stale yet: the same table
