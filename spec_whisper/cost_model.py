@@ -173,7 +173,7 @@ class DecoderCosts:
         """Median time of each pass shape, over `frames` encoder frames of random states. The shapes of
         one batch size are timed in turn, round after round, so that a slow spell of the machine
         (these are shared cores) lands on all of them rather than on the few it happens to overlap.
-        Only `batches` (of BATCHES) are timed; the others' prices are left at zero (`with_rows`)."""
+        Only `batches` (of BATCHES) are timed; the others' prices are left at zero (`lowest`)."""
 
         def timed(runner: WhisperDecoderRunner, cache: DecoderCache, tokens: int) -> Callable[[], float]:
             batch = cache.self_k.shape[1]
@@ -210,15 +210,14 @@ class DecoderCosts:
                 first_extra[i] = max(0.0, medians[-2] - medians[-1])
         return cls(verify, draft, first_extra)
 
-    def with_rows(self, other: DecoderCosts, batches: Sequence[int]) -> DecoderCosts:
-        """This table with `other`'s prices for `batches`."""
+    def lowest(self, other: DecoderCosts, batches: Sequence[int]) -> DecoderCosts:
+        """This table with, for `batches`, each price the lower of its own and `other`'s: a busy machine
+        only ever slows a pass, so the lower of two timings is the nearer to the machine's own."""
         rows = [BATCHES.index(b) for b in batches]
         verify, draft, first_extra = self.verify.copy(), self.draft.copy(), self.first_extra.copy()
-        verify[rows], draft[rows], first_extra[rows] = (
-            other.verify[rows],
-            other.draft[rows],
-            other.first_extra[rows],
-        )
+        verify[rows] = np.minimum(verify[rows], other.verify[rows])
+        draft[rows] = np.minimum(draft[rows], other.draft[rows])
+        first_extra[rows] = np.minimum(first_extra[rows], other.first_extra[rows])
         return DecoderCosts(verify, draft, first_extra)
 
 
@@ -243,14 +242,18 @@ class LiveCosts:
     One scale per batch size cannot mend a table whose shape is wrong. Timed during a slow spell of
     the machine (another process on the cores), a table put a 2-token verify pass at 1.66 1-token
     passes where quiet timings give 1.0-1.3, and the policy hardly drafted for the rest of the run.
-    Such a table shows as verify passes running faster in place than it says, where in place they
-    otherwise run 1.0-1.45x its prices: `stale_batches` names the batch sizes to time again
-    (`retimed`).
+    So a batch size's row is timed again (`stale_batches`, `retimed`) once 16 of its passes have
+    been priced, again after 32 more and after 64 more, each shape keeping the lowest of its prices;
+    after that only where its verify passes run in place under 2/3 of the table's price (a table
+    timed on a slower machine than the one running now: in place they otherwise run at 1.0-1.45x
+    its prices), the passes between two timings doubling each time. Timing a row again takes 0.5 s
+    at batch 1 and 7 s at batch 16 on whisper-base here.
     """
 
-    # `stale_batches`: verify passes in place at under this share of the table's price, over at least
-    # `RETIME_READINGS` of them since the table's row was timed (twice as many after each retiming).
-    RETIME_BELOW, RETIME_READINGS = 2 / 3, 16
+    # `stale_batches`: passes priced before a row is timed again (doubling after each retiming); the
+    # retimings made whatever the prices; and the share of the table's verify price under which the
+    # passes in place have a row timed again after those.
+    RETIME_READINGS, SECOND_OPINIONS, RETIME_BELOW = 16, 3, 2 / 3
 
     def __init__(self, table: DecoderCosts, weight: float = 0.1, rare_weight: float = 0.5) -> None:
         self.table = table
@@ -262,6 +265,7 @@ class LiveCosts:
         self._prices: dict[tuple[int, int], list[float]] = {}  # pass_prices until the next observe
         self._since_timed = [0] * len(BATCHES)  # verify passes seen since each row was timed
         self._retime_after = [self.RETIME_READINGS] * len(BATCHES)
+        self._retimings = [0] * len(BATCHES)
         # Averages of seconds and committed tokens per pass by batch size, [plain, drafting] (`observe`).
         self._spent = [[0.0, 0.0] for _ in BATCHES]
         self._committed = [[0.0, 0.0] for _ in BATCHES]
@@ -369,22 +373,24 @@ class LiveCosts:
             self.draft_relative[size] = self._updated(self.draft_relative[size], later / verify)
 
     def stale_batches(self) -> list[int]:
-        """The batch sizes whose table rows were timed on a slower machine than the one running now."""
+        """The batch sizes whose table rows are due to be timed again."""
         return [
             batch
             for i, batch in enumerate(BATCHES)
-            if self._since_timed[i] >= self._retime_after[i] and self.verify_scale[i] < self.RETIME_BELOW
+            if self._since_timed[i] >= self._retime_after[i]
+            and (self._retimings[i] < self.SECOND_OPINIONS or self.verify_scale[i] < self.RETIME_BELOW)
         ]
 
     def retimed(self, table: DecoderCosts, batches: Sequence[int]) -> None:
-        """Take `table`'s prices for `batches` (`DecoderCosts.measure` timed them again) and learn their
-        scales afresh. Each retiming of a row doubles the passes before the next may be asked for."""
-        self.table = self.table.with_rows(table, batches)
+        """Keep, for `batches`, the lower of each price and `table`'s (`DecoderCosts.measure` timed them
+        again), and learn their scales afresh."""
+        self.table = self.table.lowest(table, batches)
         for batch in batches:
             i = BATCHES.index(batch)
             self.verify_scale[i] = self.first_relative[i] = self.draft_relative[i] = 1.0
             self._since_timed[i] = 0
             self._retime_after[i] *= 2
+            self._retimings[i] += 1
         self._prices.clear()
 
     def _updated(self, scale: float, ratio: float) -> float:

@@ -151,17 +151,30 @@ def test_a_table_timed_on_a_slower_machine_is_timed_again(tiny) -> None:
     assert live.verify_scale[0] == 1.0 and live._retime_after[0] == 2 * LiveCosts.RETIME_READINGS
 
 
-def test_a_machine_slower_than_its_table_keeps_the_table() -> None:
+def test_rows_are_timed_again_three_times_then_where_the_machine_outruns_them() -> None:
     """In place the passes often run dearer than the start-up table (the policy's work, caches the
-    other decoder emptied): that is a scale, not a table to time again."""
+    other decoder emptied): after three second opinions that is a scale, not a table to time again.
+    A retiming keeps the lower of each price: a slower timing changes nothing."""
     table = _costs(0.02, 0.05)
     live = LiveCosts(table, weight=0.1)
-    for _ in range(200):
+    slower = DecoderCosts(table.verify * 3, table.draft * 3, table.first_extra * 3)
+    retimed_at = []
+    for reading in range(1, 1001):
         live.observe(_pass(1, 3, 2, table, verify_x=2.0, draft_x=2.0))
-    assert live.stale_batches() == []
-    for _ in range(LiveCosts.RETIME_READINGS):
+        if stale := live.stale_batches():
+            assert stale == [1]
+            live.retimed(slower, stale)
+            retimed_at.append(reading)
+    assert retimed_at == [16, 48, 112]
+    np.testing.assert_array_equal(live.table.verify, table.verify)
+    np.testing.assert_array_equal(live.table.draft, table.draft)
+    for _ in range(20):  # now at 0.3x the table's price: it was timed on a slower machine
         live.observe(_pass(1, 3, 2, table, verify_x=0.3, draft_x=0.3))
     assert live.stale_batches() == [1]
+    faster = DecoderCosts(table.verify * 0.3, table.draft * 0.3, table.first_extra * 0.3)
+    live.retimed(faster, [1])
+    np.testing.assert_allclose(live.table.verify[0], faster.verify[0])
+    np.testing.assert_array_equal(live.table.verify[1:], table.verify[1:])
 
 
 def test_expected_tokens_is_the_geometric_sum_per_row() -> None:
