@@ -77,6 +77,9 @@ class DecoderCosts:
     verify: np.ndarray
     draft: np.ndarray
     first_extra: np.ndarray = field(default_factory=lambda: np.zeros(len(BATCHES)))
+    # How busy the machine was while each row was timed: the median, over its shapes, of the slowest
+    # timed round over the fastest. Quiet here: 1.03-1.25; with two busy processes beside it: 1.4-29.
+    spread: np.ndarray = field(default_factory=lambda: np.ones(len(BATCHES)))
     # pass_parts results by (batch, maximum): the draft-length choice runs every verify pass.
     _pass_parts: dict[tuple[int, int], np.ndarray] = field(
         default_factory=dict, init=False, compare=False, repr=False
@@ -187,7 +190,7 @@ class DecoderCosts:
             )
 
         verify, draft = np.zeros((len(BATCHES), len(TOKENS))), np.full(len(BATCHES), np.inf)
-        first_extra = np.zeros(len(BATCHES))
+        first_extra, spread = np.zeros(len(BATCHES)), np.ones(len(BATCHES))
         for i, batch in enumerate(BATCHES):
             if batch not in batches:
                 continue
@@ -203,12 +206,13 @@ class DecoderCosts:
                 passes += [step, step]  # right after the main passes, then right after itself
             times = np.array([[run() for run in passes] for _ in range(repeats + 1)])[1:]  # round 0 warms up
             medians = np.median(times, axis=0)
+            spread[i] = float(np.median(times.max(axis=0) / times.min(axis=0)))
             # A pass over more tokens never costs less: a median above a later one is noise.
             verify[i] = np.minimum.accumulate(medians[: len(TOKENS)][::-1])[::-1]
             if assistant is not None:
                 draft[i] = medians[-1]
                 first_extra[i] = max(0.0, medians[-2] - medians[-1])
-        return cls(verify, draft, first_extra)
+        return cls(verify, draft, first_extra, spread)
 
     def lowest(self, other: DecoderCosts, batches: Sequence[int]) -> DecoderCosts:
         """This table with, for `batches`, each price the lower of its own and `other`'s: a busy machine
@@ -218,7 +222,9 @@ class DecoderCosts:
         verify[rows] = np.minimum(verify[rows], other.verify[rows])
         draft[rows] = np.minimum(draft[rows], other.draft[rows])
         first_extra[rows] = np.minimum(first_extra[rows], other.first_extra[rows])
-        return DecoderCosts(verify, draft, first_extra)
+        spread = self.spread.copy()
+        spread[rows] = other.spread[rows]  # how busy the machine was at the latest timing
+        return DecoderCosts(verify, draft, first_extra, spread)
 
 
 class LiveCosts:
@@ -242,18 +248,19 @@ class LiveCosts:
     One scale per batch size cannot mend a table whose shape is wrong. Timed during a slow spell of
     the machine (another process on the cores), a table put a 2-token verify pass at 1.66 1-token
     passes where quiet timings give 1.0-1.3, and the policy hardly drafted for the rest of the run.
-    So a batch size's row is timed again (`stale_batches`, `retimed`) once 16 of its passes have
-    been priced, again after 32 more and after 64 more, each shape keeping the lowest of its prices;
-    after that only where its verify passes run in place under 2/3 of the table's price (a table
-    timed on a slower machine than the one running now: in place they otherwise run at 1.0-1.45x
-    its prices), the passes between two timings doubling each time. Timing a row again takes 0.5 s
-    at batch 1 and 7 s at batch 16 on whisper-base here.
+    So a row timed on a busy machine (`DecoderCosts.spread` over 1.3) is timed again
+    (`stale_batches`, `retimed`) once 16 of its passes have been priced, and while its timings stay
+    busy after 32 more and 64 more, each shape keeping the lowest of its prices. Any row is timed
+    again where its verify passes run in place under 2/3 of the table's price (a table timed on a
+    slower machine than the one running now: in place they otherwise run at 1.0-1.45x its prices),
+    the passes between two timings doubling each time. Timing a row again takes 0.5 s at batch 1
+    and 7 s at batch 16 on whisper-base here, so a quiet start times nothing again.
     """
 
     # `stale_batches`: passes priced before a row is timed again (doubling after each retiming); the
-    # retimings made whatever the prices; and the share of the table's verify price under which the
-    # passes in place have a row timed again after those.
-    RETIME_READINGS, SECOND_OPINIONS, RETIME_BELOW = 16, 3, 2 / 3
+    # most retimings of a row timed on a busy machine, and the spread that says it was; and the share
+    # of the table's verify price under which the passes in place have any row timed again.
+    RETIME_READINGS, SECOND_OPINIONS, BUSY_SPREAD, RETIME_BELOW = 16, 3, 1.3, 2 / 3
 
     def __init__(self, table: DecoderCosts, weight: float = 0.1, rare_weight: float = 0.5) -> None:
         self.table = table
@@ -378,16 +385,22 @@ class LiveCosts:
             batch
             for i, batch in enumerate(BATCHES)
             if self._since_timed[i] >= self._retime_after[i]
-            and (self._retimings[i] < self.SECOND_OPINIONS or self.verify_scale[i] < self.RETIME_BELOW)
+            and (
+                (self._retimings[i] < self.SECOND_OPINIONS and self.table.spread[i] > self.BUSY_SPREAD)
+                or self.verify_scale[i] < self.RETIME_BELOW
+            )
         ]
 
     def retimed(self, table: DecoderCosts, batches: Sequence[int]) -> None:
         """Keep, for `batches`, the lower of each price and `table`'s (`DecoderCosts.measure` timed them
-        again), and learn their scales afresh."""
+        again), and learn their scales and whether drafting pays afresh: a verdict against drafting
+        reached under the old prices was drawn from probes alone, each of which finds the assistant
+        cold, and it kept drafting off for some 100 passes after a retiming had mended the prices."""
         self.table = self.table.lowest(table, batches)
         for batch in batches:
             i = BATCHES.index(batch)
             self.verify_scale[i] = self.first_relative[i] = self.draft_relative[i] = 1.0
+            self._spent[i], self._committed[i], self._readings[i] = [0.0, 0.0], [0.0, 0.0], [0, 0]
             self._since_timed[i] = 0
             self._retime_after[i] *= 2
             self._retimings[i] += 1

@@ -149,15 +149,22 @@ def test_a_table_timed_on_a_slower_machine_is_timed_again(tiny) -> None:
     assert np.all(live.table.verify[0] < slow.verify[0] / 3)  # timed again, at about the machine's speed
     np.testing.assert_array_equal(live.table.verify[1:], slow.verify[1:])
     assert live.verify_scale[0] == 1.0 and live._retime_after[0] == 2 * LiveCosts.RETIME_READINGS
+    assert live.drafting_pays(1) is None  # learnt afresh with the new prices
 
 
-def test_rows_are_timed_again_three_times_then_where_the_machine_outruns_them() -> None:
-    """In place the passes often run dearer than the start-up table (the policy's work, caches the
-    other decoder emptied): after three second opinions that is a scale, not a table to time again.
-    A retiming keeps the lower of each price: a slower timing changes nothing."""
-    table = _costs(0.02, 0.05)
+def test_rows_timed_busy_are_timed_again_then_where_the_machine_outruns_them() -> None:
+    """A row timed on a busy machine is timed again up to three times; a quiet row is not. In place
+    the passes often run dearer than the start-up table (the policy's work, caches the other decoder
+    emptied): that is a scale, not a table to time again. A retiming keeps the lower of each price:
+    a slower timing changes nothing."""
+    quiet = _costs(0.02, 0.05)
+    live = LiveCosts(quiet, weight=0.1)
+    for _ in range(200):
+        live.observe(_pass(1, 3, 2, quiet, verify_x=2.0, draft_x=2.0))
+    assert live.stale_batches() == []
+    table = DecoderCosts(quiet.verify, quiet.draft, quiet.first_extra, np.full(len(BATCHES), 2.0))
     live = LiveCosts(table, weight=0.1)
-    slower = DecoderCosts(table.verify * 3, table.draft * 3, table.first_extra * 3)
+    slower = DecoderCosts(table.verify * 3, table.draft * 3, table.first_extra * 3, table.spread)
     retimed_at = []
     for reading in range(1, 1001):
         live.observe(_pass(1, 3, 2, table, verify_x=2.0, draft_x=2.0))
