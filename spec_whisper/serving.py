@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import tempfile
 import traceback
@@ -301,6 +302,31 @@ def core_turns(params: dict[str, str], model_dir: str | Path, device: str) -> Co
     repository = str(Path(model_dir).resolve().parent)
     digest = hashlib.sha256(repository.encode()).hexdigest()[:16]
     return CoreTurns(Path(tempfile.gettempdir()) / f"spec_whisper-turns-{digest}.lock")
+
+
+def log_to_triton(pb_utils: Any) -> None:
+    """Send the engine's log records, INFO and up (a batch size's pass costs timed again), to
+    Triton's log, once per process however many models ask."""
+    engine_log = logging.getLogger("spec_whisper")
+    if any(isinstance(h, _TritonLogHandler) for h in engine_log.handlers):
+        return
+    engine_log.addHandler(_TritonLogHandler(pb_utils))
+    engine_log.setLevel(logging.INFO)
+
+
+class _TritonLogHandler(logging.Handler):
+    def __init__(self, pb_utils: Any) -> None:
+        super().__init__()
+        self.logger = pb_utils.Logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"spec_whisper: {record.getMessage()}"
+        if record.levelno >= logging.ERROR:
+            self.logger.log_error(text)
+        elif record.levelno >= logging.WARNING:
+            self.logger.log_warn(text)
+        else:
+            self.logger.log_info(text)
 
 
 def device_for(instance_kind: str, device_id: str | int) -> str:

@@ -6,7 +6,9 @@ no tritonserver is started here.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -180,3 +182,27 @@ def test_paths_resolve_against_the_folder_holding_the_repository(tmp_path: Path)
         serving.engine_arguments({"main_model": "m", "assistant_model": "none"}, model_dir)["assistant"]
         is None
     )
+
+
+def test_the_engine_log_reaches_triton_once() -> None:
+    said: list[tuple[str, str]] = []
+    logger = SimpleNamespace(
+        log_info=lambda m: said.append(("info", m)),
+        log_warn=lambda m: said.append(("warn", m)),
+        log_error=lambda m: said.append(("error", m)),
+    )
+    pb_utils = SimpleNamespace(Logger=logger)
+    engine_log = logging.getLogger("spec_whisper")
+    before = list(engine_log.handlers)
+    try:
+        serving.log_to_triton(pb_utils)
+        serving.log_to_triton(pb_utils)  # a second model in the same process
+        logging.getLogger("spec_whisper.engine").info("pass costs timed again for batch sizes %s", [1])
+        logging.getLogger("spec_whisper.engine").warning("slow")
+        logging.getLogger("spec_whisper.engine").debug("not this")
+    finally:
+        engine_log.handlers = before
+    assert said == [
+        ("info", "spec_whisper: pass costs timed again for batch sizes [1]"),
+        ("warn", "spec_whisper: slow"),
+    ]

@@ -18,6 +18,7 @@ def _input(request, name: str) -> torch.Tensor:
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        serving.log_to_triton(pb_utils)
         params = serving.parameters(json.loads(args["model_config"]))
         serving.check_backend_numpy(params)
         serving.set_cpu_threads(params)
