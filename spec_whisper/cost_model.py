@@ -236,10 +236,10 @@ class LiveCosts:
     pass they came with, one for a pass's first draft step (with the drafter's per-pass work, and the
     caches the main pass emptied) and one for the steps after it. A batch between two table sizes
     takes the nearer's scales. The draft length depends on the ratios of these prices, which can drift
-    from the table's. Learnt in absolute seconds, the draft prices of a slow spell of the machine
-    stayed until drafting ran again, and the policy, seeing them dear, hardly drafted again: English
-    at batch 1 fell from 1.15x to 1.00x after a 20 s spell (docs/benchmarks.md). Relative, a spell
-    slows both alike, and the plain passes after it bring the draft prices back with the verify's.
+    from the table's. Learnt in absolute seconds, draft prices learnt in a slow spell of the machine
+    stayed dear until drafting ran again, while plain passes brought the verify price back, and a
+    policy that saw drafts dear drafted too little to learn otherwise. Relative, a spell slows both
+    alike, and the plain passes after it bring the draft prices back with the verify's.
 
     Beside them, per batch size, the seconds and committed tokens of passes that drafted and of plain
     ones (`drafting_pays`), averaged at `weight`; a probe, a drafting pass while drafting is measured
