@@ -106,6 +106,10 @@ def test_engine_measures_costs_and_stays_exact(tiny) -> None:
     assert costs.verify.shape == (len(BATCHES), len(TOKENS)) and np.all(costs.verify > 0)
     assert np.all(np.isfinite(costs.draft)) and costs is engine.costs()  # measured once
     assert np.all(costs.table.first_extra >= 0) and np.all(np.isfinite(costs.table.first_extra))
+    assert np.all(costs.table.spread >= 1.0)  # the slowest round over the fastest
+    frames = engine.models.main.config.max_source_positions
+    one_row = DecoderCosts.measure(engine.main, engine.assistant, frames, repeats=1, batches=[2])
+    assert np.all(one_row.verify[BATCHES.index(2)] > 0) and not one_row.verify[BATCHES.index(4)].any()
     rng = np.random.default_rng(1)
     pcm = [(0.1 * rng.standard_normal(16000 * s)).astype(np.float32) for s in (3, 7, 11)]
     states = engine.encode(engine.log_mel(pcm))
