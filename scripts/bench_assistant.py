@@ -198,11 +198,17 @@ def time_decoding(
     `shared_shortlist`, `all_frames`, `swapped_assistant`) and with each of `fixed_lengths` drafts
     every pass instead of the cost model's choice; the same engine and cost table."""
     totals = {"greedy_s": 0.0, "speculative_s": 0.0, "tokens": 0, "drafted": 0, "accepted": 0, "passes": 0}
-    modes = {"greedy": (nullcontext, False, None), "speculative": (nullcontext, True, None)}
-    named = {**(variants or {}), **{f"k{k}": nullcontext for k in fixed_lengths}}
-    for name, setting in named.items():
-        length = int(name[1:]) if name not in (variants or {}) else None
-        modes[f"speculative_{name}"] = (setting, True, length)
+    # Each mode: the setting it decodes in, and its options beside the language.
+    modes: dict[str, tuple[Callable[[], AbstractContextManager], dict]] = {
+        "greedy": (nullcontext, {"speculative": False}),
+        "speculative": (nullcontext, {}),
+    }
+    for name, setting in (variants or {}).items():
+        modes[f"speculative_{name}"] = (setting, {})
+    for k in fixed_lengths:  # without the +2/-1 heuristic, which an explicit length otherwise starts
+        modes[f"speculative_k{k}"] = (nullcontext, {"draft_length": k, "adaptive_draft": False})
+    named = [*(variants or {}), *(f"k{k}" for k in fixed_lengths)]  # the speculative modes beside the default
+    for name in named:
         totals[f"speculative_{name}_s"] = 0.0
     mismatches = 0
     for clip, lang in zip(pcm, languages, strict=True):
@@ -210,10 +216,9 @@ def time_decoding(
         best = dict.fromkeys(modes, float("inf"))
         outputs = {}
         for _ in range(repeats):
-            for mode, (setting, speculative, length) in modes.items():
-                options = DecodingOptions(lang, speculative=speculative, draft_length=length)
+            for mode, (setting, options) in modes.items():
                 with setting():
-                    result = engine.decode(states, [options])[0]
+                    result = engine.decode(states, [DecodingOptions(lang, **options)])[0]
                 best[mode] = min(best[mode], result.stats.decode_s)
                 outputs[mode] = result
         mismatches += any(r.tokens != outputs["greedy"].tokens for r in outputs.values())
