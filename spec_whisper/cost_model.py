@@ -142,10 +142,6 @@ class DecoderCosts:
     def observe(self, timed: PassTime) -> None:
         """A fixed table learns nothing from the passes decoding runs (`LiveCosts` does)."""
 
-    def drafting_pays(self, batch: int) -> bool | None:
-        """A fixed table has measured nothing in place (`LiveCosts.drafting_pays`)."""
-        return None
-
     def stale_batches(self) -> list[int]:
         """A fixed table is never timed again (`LiveCosts.stale_batches`)."""
         return []
@@ -232,18 +228,26 @@ class LiveCosts:
 
     For each of the table's batch sizes, an exponential average (in log space, each reading's ratio
     clamped to [1/4, 4] so that one stall cannot swing it) of measured over tabled seconds for verify
-    passes, which run every pass and so follow the machine's speed; and, relative to the verify
-    pass they came with, one for a pass's first draft step (with the drafter's per-pass work, and the
-    caches the main pass emptied) and one for the steps after it. A batch between two table sizes
-    takes the nearer's scales. The draft length depends on the ratios of these prices, which can drift
-    from the table's. Learnt in absolute seconds, draft prices learnt in a slow spell of the machine
-    stayed dear until drafting ran again, while plain passes brought the verify price back, and a
-    policy that saw drafts dear drafted too little to learn otherwise. Relative, a spell slows both
-    alike, and the plain passes after it bring the draft prices back with the verify's.
+    passes, which run every pass and so follow the machine's speed (`verify_scale`); and, relative
+    to the verify pass they came with, one for a pass's first draft step (with the drafter's
+    per-pass work, and the caches the main pass emptied) and one for the steps after it. A batch
+    between two table sizes takes the nearer's scales. The draft length depends on the ratios of
+    these prices, which can drift from the table's. Learnt in absolute seconds, draft prices learnt
+    in a slow spell of the machine stayed dear until drafting ran again, while plain passes brought
+    the verify price back, and a policy that saw drafts dear drafted too little to learn otherwise.
+    Relative, a spell slows both alike, and the plain passes after it bring the draft prices back.
 
-    Beside them, per batch size, the seconds and committed tokens of passes that drafted and of plain
-    ones (`drafting_pays`), averaged at `weight`; a probe, a drafting pass while drafting is measured
-    dearer, at `rare_weight`.
+    The table's shape between a plain pass and one that verifies drafts can be wrong in place (at
+    batch 8 here it put a 2-token pass at 1.2 plain passes, in place 1.5; at batch 1 on FLEURS a
+    2-token pass ran 1.17 times dearer, next to a plain one, than it said). So the verify passes
+    that came with drafts cost `markup` times a plain pass's scale, learnt from the latest readings
+    of each kind (`recent_weight`; a probe, a drafting pass after plain ones, at `rare_weight`):
+    nearby in time, so that the machine's speed, which moves both, cancels out of it. Acceptance
+    stays the policy's, per row and language. An earlier verdict on whether drafting pays compared
+    seconds per committed token, drafting against plain, and so mixed prices with acceptance: near
+    break-even (FLEURS, half the single drafts right) one rejected draft flipped it, a verdict
+    reached on one language stopped another's drafting, and the engine stayed plain where one draft
+    every pass gave 1.01-1.13x.
 
     One scale per batch size cannot mend a table whose shape is wrong. Timed during a slow spell of
     the machine (another process on the cores), a table put a 2-token verify pass at 1.66 1-token
@@ -262,40 +266,58 @@ class LiveCosts:
     # of the table's verify price under which the passes in place have any row timed again.
     RETIME_READINGS, SECOND_OPINIONS, BUSY_SPREAD, RETIME_BELOW = 16, 3, 1.3, 2 / 3
 
-    def __init__(self, table: DecoderCosts, weight: float = 0.1, rare_weight: float = 0.5) -> None:
+    def __init__(
+        self,
+        table: DecoderCosts,
+        weight: float = 0.1,
+        recent_weight: float = 0.3,
+        rare_weight: float = 0.5,
+    ) -> None:
         self.table = table
         self.weight = weight
+        self.recent_weight = recent_weight
         self.rare_weight = rare_weight
-        self.verify_scale = np.ones(len(BATCHES))
-        self.first_relative = np.ones(len(BATCHES))  # the first draft step's scale over verify_scale
-        self.draft_relative = np.ones(len(BATCHES))  # the later steps' scale over verify_scale
+        self.verify_scale = np.ones(len(BATCHES))  # a plain pass's, in place over tabled
+        self.first_relative = np.ones(len(BATCHES))  # the first draft step's scale over its verify pass's
+        self.draft_relative = np.ones(len(BATCHES))  # the later steps' scale over their verify pass's
         self._prices: dict[tuple[int, int], list[float]] = {}  # pass_prices until the next observe
         self._since_timed = [0] * len(BATCHES)  # verify passes seen since each row was timed
         self._retime_after = [self.RETIME_READINGS] * len(BATCHES)
         self._retimings = [0] * len(BATCHES)
-        # Averages of seconds and committed tokens per pass by batch size, [plain, drafting] (`observe`).
-        self._spent = [[0.0, 0.0] for _ in BATCHES]
-        self._committed = [[0.0, 0.0] for _ in BATCHES]
-        self._readings = [[0, 0] for _ in BATCHES]
+        # The latest readings of verify passes, log of in place over tabled, by batch size: [plain,
+        # drafting], NaN until one has run; and the plain passes since the last that drafted.
+        self._recent = np.full((len(BATCHES), 2), np.nan)
+        self._plain_in_a_row = [0] * len(BATCHES)
 
     @property
     def verify(self) -> np.ndarray:
-        """The table's `verify` as rescaled so far."""
+        """The table's `verify` as rescaled so far for plain passes."""
         return self.table.verify * self.verify_scale[:, None]
 
     @property
+    def drafting_scale(self) -> np.ndarray:
+        """In place over tabled seconds of a verify pass that came with drafts, by batch size."""
+        return self.verify_scale * np.array([self.markup(b) for b in BATCHES])
+
+    @property
     def first_scale(self) -> np.ndarray:
-        """Measured over tabled seconds of a pass's first draft step, by batch size."""
-        return self.verify_scale * self.first_relative
+        """In place over tabled seconds of a pass's first draft step, by batch size."""
+        return self.drafting_scale * self.first_relative
 
     @property
     def draft_scale(self) -> np.ndarray:
-        """Measured over tabled seconds of the later draft steps, by batch size."""
-        return self.verify_scale * self.draft_relative
+        """In place over tabled seconds of the later draft steps, by batch size."""
+        return self.drafting_scale * self.draft_relative
 
     @property
     def draft(self) -> np.ndarray:
         return self.table.draft * self.draft_scale
+
+    def markup(self, batch: int) -> float:
+        """How much dearer, each over the table, a verify pass with drafts runs in place than a plain
+        one at this batch size, by their latest readings: 1 until both kinds have run."""
+        plain, drafting = self._recent[self._size(batch)]
+        return 1.0 if math.isnan(plain + drafting) else math.exp(drafting - plain)
 
     @staticmethod
     def _size(batch: int) -> int:
@@ -303,24 +325,30 @@ class LiveCosts:
         return distances.index(min(distances))
 
     def verify_s(self, batch: int, tokens: int) -> float:
-        return self.table.verify_s(batch, tokens) * self.verify_scale[self._size(batch)]
+        """A verify pass over `tokens` per row: plain with one, with drafts for more."""
+        scale = self.verify_scale[self._size(batch)] * (1.0 if tokens == 1 else self.markup(batch))
+        return self.table.verify_s(batch, tokens) * scale
 
     def draft_s(self, batch: int) -> float:
         size = self._size(batch)
-        return self.table.draft_s(batch) * self.verify_scale[size] * self.draft_relative[size]
+        scale = self.verify_scale[size] * self.markup(batch) * self.draft_relative[size]
+        return self.table.draft_s(batch) * scale
 
     def drafting_s(self, batch: int, drafts: int) -> float:
         if drafts == 0:
             return 0.0
         size = self._size(batch)
-        first = self.table.drafting_s(batch, 1) * self.verify_scale[size] * self.first_relative[size]
-        return first + (drafts - 1) * self.draft_s(batch)
+        scale = self.verify_scale[size] * self.markup(batch) * self.first_relative[size]
+        return self.table.drafting_s(batch, 1) * scale + (drafts - 1) * self.draft_s(batch)
 
     def pass_s(self, batch: int, maximum: int) -> np.ndarray:
         size = self._size(batch)
-        verify = self.verify_scale[size]
-        scales = [verify, verify * self.first_relative[size], verify * self.draft_relative[size]]
-        return np.asarray(scales) @ self.table.pass_parts(batch, maximum)
+        drafting = self.verify_scale[size] * self.markup(batch)
+        scales = [drafting, drafting * self.first_relative[size], drafting * self.draft_relative[size]]
+        parts = self.table.pass_parts(batch, maximum)
+        seconds = np.asarray(scales) @ parts
+        seconds[0] = parts[0, 0] * self.verify_scale[size]
+        return seconds
 
     def pass_prices(self, batch: int, maximum: int) -> list[float]:
         key = (batch, maximum)
@@ -328,43 +356,29 @@ class LiveCosts:
             self._prices[key] = self.pass_s(batch, maximum).tolist()
         return self._prices[key]
 
-    def drafting_pays(self, batch: int) -> bool | None:
-        """Whether passes that drafted committed tokens at a lower price per token than plain 1-token
-        passes, as measured in place at this batch size; None until both kinds have run. The
-        table's prices decide the draft length; this says when they are wrong about drafting at all
-        (at batch 8 here the start-up table put a 2-token pass at 1.2 plain passes, in place 1.5)."""
-        size = self._size(batch)
-        (plain_s, drafting_s), (plain, drafting) = self._spent[size], self._committed[size]
-        if not all(self._readings[size]):
-            return None
-        return drafting_s / drafting < plain_s / plain
-
     def observe(self, timed: PassTime) -> None:
         size = self._size(timed.rows)
-        kind = int(timed.drafts > 0)
-        if timed.committed and (kind or timed.tokens == 1):  # not a request's first pass (its prompt)
-            # A mean of the readings so far until there are 1 / weight of them, an exponential average
-            # after; each reading within [1/4, 4] of what the prices say the pass costs. While
-            # drafting does not pay, its readings are probes, one in dozens of passes, so each takes
-            # `rare_weight`: at `weight` a verdict set during a slow spell of the machine (every
-            # drafting pass timed in it, the plain one after it) stood for about 15 probes, some 500
-            # passes. Plain readings while drafting pays need no such weight: drafting passes, which
-            # come every pass, correct a wrong verdict for drafting.
-            probe = kind and self.drafting_pays(timed.rows) is False
-            self._readings[size][kind] += 1
-            weight = max(self.weight, 1.0 / self._readings[size][kind])
-            if probe:
-                weight = max(weight, self.rare_weight)
-            priced = self.verify_s(timed.rows, timed.tokens) + self.drafting_s(timed.rows, timed.drafts)
-            seconds = float(min(max(timed.draft_s + timed.verify_s, priced / 4), priced * 4))
-            spent, committed = self._spent[size], self._committed[size]
-            spent[kind] += weight * (seconds - spent[kind])
-            committed[kind] += weight * (timed.committed - committed[kind])
         self._prices.clear()
         self._since_timed[size] += 1
+        kind = int(timed.drafts > 0)
+        if not kind and timed.tokens > 1:  # a request's first pass, over its prompt: neither kind
+            return
         verify = timed.verify_s / self.table.verify_s(timed.rows, timed.tokens)
-        self.verify_scale[size] = self._updated(self.verify_scale[size], verify)
-        if not timed.drafts or not verify > 0:
+        if not verify > 0:
+            return
+        # A probe takes `rare_weight`: at `weight`, drafting priced in a slow spell of the machine
+        # stood for about 15 probes, some 500 passes. One plain pass between drafting ones is the
+        # policy's check: drafting goes on.
+        reading = math.log(min(max(verify, 0.25), 4.0))
+        recent = self._recent[size]
+        probe = kind and self._plain_in_a_row[size] > 1
+        weight = self.rare_weight if probe else self.recent_weight
+        known = reading if math.isnan(recent[kind]) else recent[kind]
+        recent[kind] = known + weight * (reading - known)
+        self._plain_in_a_row[size] = 0 if kind else self._plain_in_a_row[size] + 1
+        markup = self.markup(timed.rows) if kind else 1.0
+        self.verify_scale[size] = self._updated(self.verify_scale[size], verify / markup)
+        if not kind:
             return
         if timed.first_draft_s is None:  # one reading for the whole drafting, shared out as tabled
             ratio = timed.draft_s / self.table.drafting_s(timed.rows, timed.drafts) / verify
@@ -393,24 +407,25 @@ class LiveCosts:
 
     def retimed(self, table: DecoderCosts, batches: Sequence[int]) -> None:
         """Keep, for `batches`, the lower of each price and `table`'s (`DecoderCosts.measure` timed them
-        again), and learn their scales and whether drafting pays afresh: a verdict against drafting
-        reached under the old prices was drawn from probes alone, each of which finds the assistant
-        cold, and it kept drafting off for some 100 passes after a retiming had mended the prices."""
+        again), and learn their scales afresh: drafting priced dear under the old prices was priced
+        by probes alone, each of which finds the assistant cold, and it kept drafting off for some
+        100 passes after a retiming had mended the prices."""
         self.table = self.table.lowest(table, batches)
         for batch in batches:
             i = BATCHES.index(batch)
             self.verify_scale[i] = self.first_relative[i] = self.draft_relative[i] = 1.0
-            self._spent[i], self._committed[i], self._readings[i] = [0.0, 0.0], [0.0, 0.0], [0, 0]
+            self._recent[i] = np.nan
             self._since_timed[i] = 0
             self._retime_after[i] *= 2
             self._retimings[i] += 1
         self._prices.clear()
 
-    def _updated(self, scale: float, ratio: float) -> float:
+    def _updated(self, scale: float, ratio: float, weight: float | None = None) -> float:
         if not math.isfinite(ratio) or ratio <= 0:  # a table without an assistant's timings
             return scale
+        weight = self.weight if weight is None else weight
         reading = math.log(min(max(ratio, 0.25), 4.0))
-        return math.exp((1 - self.weight) * math.log(scale) + self.weight * reading)
+        return math.exp((1 - weight) * math.log(scale) + weight * reading)
 
 
 PassCosts = DecoderCosts | LiveCosts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Collection, Sequence
@@ -14,10 +15,18 @@ import torch
 from torch import Tensor
 
 from .core_turns import CoreTurns
-from .cost_model import DecoderCosts, LiveCosts, PassCosts
+from .cost_model import DecoderCosts, LiveCosts, PassCosts, best_draft_length
 from .cpu_kernels import kernels_available
 from .decoder import WhisperDecoderRunner, shared_cross_attention
-from .drafters import PRIOR, PROBE_EVERY, AssistantDrafter, CostModelPolicy, DraftLengthPolicy, LengthPolicy
+from .drafters import (
+    MAX_DRAFT,
+    PRIOR,
+    PROBE_EVERY,
+    AssistantDrafter,
+    CostModelPolicy,
+    DraftLengthPolicy,
+    LengthPolicy,
+)
 from .encoder import WhisperEncoderRunner
 from .features import HOP_LENGTH, N_FRAMES, LogMelSpectrogram
 from .linear import FastLinear, prepacking_pays_for_many_rows
@@ -34,6 +43,9 @@ __all__ = ["STAGES", "EncoderStates", "SpeculativeWhisper"]
 # The most plain passes in a row before a request that stopped drafting probes with one draft, after
 # its language's requests kept ending without drafting (`_learn_probing`; at first `PROBE_EVERY`).
 _MOST_PROBE_EVERY = 1024
+# About how many of a language's latest drafts its acceptance is learnt from, and how many drafts
+# `PRIOR` counts as before the first (`_learn_acceptance`).
+_ACCEPTANCE_MEMORY, _PRIOR_DRAFTS = 256, 16
 
 # Encoder frames past a window's audio that the assistant still attends to (2 s). A 2-layer draft step
 # reads its cross-attention keys and values over all 1,500 frames of a 30 s window, more bytes than its
@@ -97,6 +109,7 @@ class SpeculativeWhisper:
                 self.assistant_encoder = WhisperEncoderRunner(models.assistant.model.encoder, self.turns)
         self._costs: PassCosts | None = None
         self._acceptance: dict[str, float] = {}  # by language, learnt while decoding
+        self._drafts: dict[str, tuple[float, float]] = {}  # by language: (accepted, drafted), decaying
         self._probe_every: dict[str, int] = {}  # by language, learnt while decoding
         self._plain_passes: dict[str, int] = {}  # by language: the plain passes its last request ended with
         if "decoder" in self.stages:
@@ -261,7 +274,7 @@ class SpeculativeWhisper:
         if drafter is not None:
             self._learn_acceptance(languages, stats)
         if isinstance(policy, CostModelPolicy):
-            self._learn_probing(languages, policy, stats)
+            self._learn_probing(languages, policy)
         for s in stats:
             s.decode_s = elapsed
         return [
@@ -298,33 +311,40 @@ class SpeculativeWhisper:
         return DraftLengthPolicy(batch, draft_length, adaptive)
 
     def _learn_acceptance(self, languages: Sequence[str], stats: Sequence[DecodingStats]) -> None:
-        """A running average, per language, of the share of drafts the main model accepted: a
-        request's first drafts are made before its own rows have shown theirs (FLEURS lost 7-10% to
-        them on the prior alone: held-out English accepts 81% of its tokens, French 47%)."""
+        """The share of drafts the main model accepted, per language, over about its latest
+        `_ACCEPTANCE_MEMORY` drafts: a request's first drafts are made before its own rows have shown
+        theirs (FLEURS lost 7-10% to them on the prior alone: held-out English accepts 81% of its
+        tokens, French 47%). Counted by drafts, not averaged by request: a request that drafted once
+        weighed as much as one that drafted every pass, and after five one-draft requests French
+        stood at 0.09 where half its drafts are right, and drafting never came back. `PRIOR` counts
+        as `_PRIOR_DRAFTS` drafts: a French clip whose first 8 drafts held 1 right had put the
+        language at 0.125, below what drafting needs, for good."""
         for language, s in zip(languages, stats, strict=True):
             if s.drafted:
-                rate = s.accepted / s.drafted
-                known = self._acceptance.get(language, rate)
-                self._acceptance[language] = known + 0.3 * (rate - known)
+                accepted, drafted = self._drafts.get(language, (PRIOR * _PRIOR_DRAFTS, _PRIOR_DRAFTS))
+                kept = math.exp(-s.drafted / _ACCEPTANCE_MEMORY)
+                accepted, drafted = kept * accepted + s.accepted, kept * drafted + s.drafted
+                self._drafts[language] = accepted, drafted
+                self._acceptance[language] = accepted / drafted
 
-    def _learn_probing(
-        self, languages: Sequence[str], policy: CostModelPolicy, stats: Sequence[DecodingStats]
-    ) -> None:
-        """A language whose request ended without drafting, its drafts mostly rejected, probes half as
-        often in the next (up to `_MOST_PROBE_EVERY` plain passes); one whose request ended drafting
-        is back to `PROBE_EVERY`. A probe first feeds the assistant every token since it last drafted
-        (after 32 plain passes, about two whisper-base passes' worth): with a probe in each request of
-        40-70 passes, FLEURS decoded below plain where the assistant is rarely right
-        (docs/benchmarks.md). Drafts that were right say the prices stopped the drafting, not the
-        assistant: probing goes on as often as before."""
+    def _learn_probing(self, languages: Sequence[str], policy: CostModelPolicy) -> None:
+        """A language whose request ended without drafting, at an acceptance for which the start-up
+        table's prices would not draft, probes half as often in the next (up to `_MOST_PROBE_EVERY`
+        plain passes); one whose request ended drafting is back to `PROBE_EVERY`. A probe first feeds
+        the assistant every token since it last drafted (after 32 plain passes, about two
+        whisper-base passes' worth): with a probe in each request of 40-70 passes, FLEURS decoded
+        below plain where the assistant is rarely right (docs/benchmarks.md). Otherwise the prices
+        in place stopped the drafting, not the assistant: probing goes on as often as before, since
+        probes are what tell the prices (`LiveCosts.markup`) that drafting pays again."""
+        table = self._costs.table if isinstance(self._costs, LiveCosts) else self._costs
         for language in set(languages):
             self._plain_passes[language] = policy.plain_passes
             if not policy.stopped_drafting:
                 self._probe_every[language] = PROBE_EVERY
                 continue
-            mine = [s for lang, s in zip(languages, stats, strict=True) if lang == language]
-            drafted, accepted = sum(s.drafted for s in mine), sum(s.accepted for s in mine)
-            if drafted and accepted < drafted / 2:
+            rate = self._acceptance.get(language)
+            rows = [rate] * languages.count(language)
+            if table is not None and rate is not None and best_draft_length(table, rows, MAX_DRAFT) == 0:
                 known = self._probe_every.get(language, PROBE_EVERY)
                 self._probe_every[language] = min(2 * known, _MOST_PROBE_EVERY)
 
