@@ -54,8 +54,8 @@ _POSITION = 40
 @dataclass(frozen=True)
 class PassTime:
     """Wall time of one speculative pass as decoding ran it: `drafts` assistant steps for `rows` rows,
-    then one main pass over `tokens` tokens per row, which committed `committed` tokens in all.
-    `first_draft_s`: the part of `draft_s` up to the end of the first step, where the drafter timed it."""
+    then one main pass over `tokens` tokens per row. `first_draft_s`: the part of `draft_s` up to the
+    end of the first step, where the drafter timed it."""
 
     rows: int
     tokens: int
@@ -63,7 +63,6 @@ class PassTime:
     draft_s: float
     verify_s: float
     first_draft_s: float | None = None
-    committed: int = 0
 
 
 @dataclass(frozen=True)
@@ -297,7 +296,7 @@ class LiveCosts:
     @property
     def drafting_scale(self) -> np.ndarray:
         """In place over tabled seconds of a verify pass that came with drafts, by batch size."""
-        return self.verify_scale * np.array([self.markup(b) for b in BATCHES])
+        return self.verify_scale * np.array([self._markup(size) for size in range(len(BATCHES))])
 
     @property
     def first_scale(self) -> np.ndarray:
@@ -316,7 +315,10 @@ class LiveCosts:
     def markup(self, batch: int) -> float:
         """How much dearer, each over the table, a verify pass with drafts runs in place than a plain
         one at this batch size, by their latest readings: 1 until both kinds have run."""
-        plain, drafting = self._recent[self._size(batch)]
+        return self._markup(self._size(batch))
+
+    def _markup(self, size: int) -> float:
+        plain, drafting = self._recent[size]
         return 1.0 if math.isnan(plain + drafting) else math.exp(drafting - plain)
 
     @staticmethod
@@ -326,24 +328,25 @@ class LiveCosts:
 
     def verify_s(self, batch: int, tokens: int) -> float:
         """A verify pass over `tokens` per row: plain with one, with drafts for more."""
-        scale = self.verify_scale[self._size(batch)] * (1.0 if tokens == 1 else self.markup(batch))
+        size = self._size(batch)
+        scale = self.verify_scale[size] * (1.0 if tokens == 1 else self._markup(size))
         return self.table.verify_s(batch, tokens) * scale
 
     def draft_s(self, batch: int) -> float:
         size = self._size(batch)
-        scale = self.verify_scale[size] * self.markup(batch) * self.draft_relative[size]
+        scale = self.verify_scale[size] * self._markup(size) * self.draft_relative[size]
         return self.table.draft_s(batch) * scale
 
     def drafting_s(self, batch: int, drafts: int) -> float:
         if drafts == 0:
             return 0.0
         size = self._size(batch)
-        scale = self.verify_scale[size] * self.markup(batch) * self.first_relative[size]
+        scale = self.verify_scale[size] * self._markup(size) * self.first_relative[size]
         return self.table.drafting_s(batch, 1) * scale + (drafts - 1) * self.draft_s(batch)
 
     def pass_s(self, batch: int, maximum: int) -> np.ndarray:
         size = self._size(batch)
-        drafting = self.verify_scale[size] * self.markup(batch)
+        drafting = self.verify_scale[size] * self._markup(size)
         scales = [drafting, drafting * self.first_relative[size], drafting * self.draft_relative[size]]
         parts = self.table.pass_parts(batch, maximum)
         seconds = np.asarray(scales) @ parts
@@ -369,14 +372,14 @@ class LiveCosts:
         # A probe takes `rare_weight`: at `weight`, drafting priced in a slow spell of the machine
         # stood for about 15 probes, some 500 passes. One plain pass between drafting ones is the
         # policy's check: drafting goes on.
-        reading = math.log(min(max(verify, 0.25), 4.0))
+        reading = _clamped_log(verify)
         recent = self._recent[size]
         probe = kind and self._plain_in_a_row[size] > 1
         weight = self.rare_weight if probe else self.recent_weight
         known = reading if math.isnan(recent[kind]) else recent[kind]
         recent[kind] = known + weight * (reading - known)
         self._plain_in_a_row[size] = 0 if kind else self._plain_in_a_row[size] + 1
-        markup = self.markup(timed.rows) if kind else 1.0
+        markup = self._markup(size) if kind else 1.0
         self.verify_scale[size] = self._updated(self.verify_scale[size], verify / markup)
         if not kind:
             return
@@ -420,12 +423,15 @@ class LiveCosts:
             self._retimings[i] += 1
         self._prices.clear()
 
-    def _updated(self, scale: float, ratio: float, weight: float | None = None) -> float:
+    def _updated(self, scale: float, ratio: float) -> float:
         if not math.isfinite(ratio) or ratio <= 0:  # a table without an assistant's timings
             return scale
-        weight = self.weight if weight is None else weight
-        reading = math.log(min(max(ratio, 0.25), 4.0))
-        return math.exp((1 - weight) * math.log(scale) + weight * reading)
+        return math.exp((1 - self.weight) * math.log(scale) + self.weight * _clamped_log(ratio))
+
+
+def _clamped_log(ratio: float) -> float:
+    """The log of a measured-over-priced ratio within [1/4, 4], so that one stall cannot swing a scale."""
+    return math.log(min(max(ratio, 0.25), 4.0))
 
 
 PassCosts = DecoderCosts | LiveCosts

@@ -108,7 +108,6 @@ class SpeculativeWhisper:
             if models.assistant_has_encoder:
                 self.assistant_encoder = WhisperEncoderRunner(models.assistant.model.encoder, self.turns)
         self._costs: PassCosts | None = None
-        self._acceptance: dict[str, float] = {}  # by language, learnt while decoding
         self._drafts: dict[str, tuple[float, float]] = {}  # by language: (accepted, drafted), decaying
         self._probe_every: dict[str, int] = {}  # by language, learnt while decoding
         self._plain_passes: dict[str, int] = {}  # by language: the plain passes its last request ended with
@@ -297,11 +296,12 @@ class SpeculativeWhisper:
         self, batch: int, draft_length: int | None, adaptive: bool, languages: Sequence[str] = ()
     ) -> LengthPolicy:
         """How long each pass drafts: the cost model, or `draft_length` (+2/-1 when `adaptive`). The
-        cost model starts each row from the acceptance its language has had so far (`_acceptance`)
+        cost model starts each row from the acceptance its language has had so far (`acceptance`)
         and probes as often as its language's requests have found it worth (`_probe_every`), counting
         the plain passes its last request ended with (`_plain_passes`)."""
         if draft_length is None:
-            prior = [self._acceptance.get(language, PRIOR) for language in languages] or PRIOR
+            rates = [self.acceptance(language) for language in languages]
+            prior = [PRIOR if rate is None else rate for rate in rates] or PRIOR
             probing = [self._probe_every.get(language, PROBE_EVERY) for language in languages]
             probe_every = min(probing, default=PROBE_EVERY)
             plain = max((self._plain_passes.get(language, 0) for language in languages), default=0)
@@ -325,7 +325,14 @@ class SpeculativeWhisper:
                 kept = math.exp(-s.drafted / _ACCEPTANCE_MEMORY)
                 accepted, drafted = kept * accepted + s.accepted, kept * drafted + s.drafted
                 self._drafts[language] = accepted, drafted
-                self._acceptance[language] = accepted / drafted
+
+    def acceptance(self, language: str) -> float | None:
+        """The share of its drafts the main model accepted, for a language that has drafted
+        (`_learn_acceptance`)."""
+        if language not in self._drafts:
+            return None
+        accepted, drafted = self._drafts[language]
+        return accepted / drafted
 
     def _learn_probing(self, languages: Sequence[str], policy: CostModelPolicy) -> None:
         """A language whose request ended without drafting, at an acceptance for which the start-up
@@ -342,7 +349,7 @@ class SpeculativeWhisper:
             if not policy.stopped_drafting:
                 self._probe_every[language] = PROBE_EVERY
                 continue
-            rate = self._acceptance.get(language)
+            rate = self.acceptance(language)
             rows = [rate] * languages.count(language)
             if table is not None and rate is not None and best_draft_length(table, rows, MAX_DRAFT) == 0:
                 known = self._probe_every.get(language, PROBE_EVERY)

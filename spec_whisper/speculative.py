@@ -95,10 +95,7 @@ def generate(
         if k:
             histogram[rows, n_accepted] += 1
         if drafter is not None:  # plain passes too: they price what drafting saves
-            committed = int(n_accepted.sum()) + len(rows)
-            timed = PassTime(
-                len(rows), tokens.shape[1], k, drafted - began, verified - drafted, committed=committed
-            )
+            timed = PassTime(len(rows), tokens.shape[1], k, drafted - began, verified - drafted)
             drafter.observe(n_accepted, k, timed)
         # 4. Retire finished rows from every cache.
         finished = ended | (length >= limit)

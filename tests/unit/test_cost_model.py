@@ -337,9 +337,9 @@ def _run_policy(policy: CostModelPolicy, passes: int, verify_s: float) -> list[i
         chosen.append(k)
         if k:
             drafting = policy.costs.table.drafting_s(1, k)
-            timed = PassTime(1, k + 1, k, drafting, verify_s, policy.costs.table.drafting_s(1, 1), 2)
+            timed = PassTime(1, k + 1, k, drafting, verify_s, policy.costs.table.drafting_s(1, 1))
         else:
-            timed = PassTime(1, 1, 0, 0.0, 1.0, None, 1)
+            timed = PassTime(1, 1, 0, 0.0, 1.0)
         policy.observe(torch.tensor([1 if k else 0]), k, timed)
     return chosen
 
@@ -369,8 +369,8 @@ def test_a_verdict_depends_on_the_rows_acceptance_not_on_a_language_seen_before(
     live = LiveCosts(_costs(0.1, 0.1), weight=0.1)
     table = live.table
     for _ in range(100):  # as tabled, whatever the drafts committed
-        live.observe(PassTime(1, 2, 1, table.drafting_s(1, 1), table.verify_s(1, 2), None, 1))
-        live.observe(PassTime(1, 1, 0, 0.0, table.verify_s(1, 1), None, 1))
+        live.observe(PassTime(1, 2, 1, table.drafting_s(1, 1), table.verify_s(1, 2)))
+        live.observe(PassTime(1, 1, 0, 0.0, table.verify_s(1, 1)))
     assert live.markup(1) == pytest.approx(1.0)
     assert best_draft_length(live, [0.1], 16) == 0 and best_draft_length(live, [0.8], 16) > 0
 
@@ -380,7 +380,7 @@ def test_one_stalled_first_drafting_pass_does_not_stop_drafting() -> None:
     every other drafting pass verifies in 1.2 s, a plain pass in 1 s."""
     live = LiveCosts(_costs(0.0, 0.1), weight=0.1)
     policy = CostModelPolicy(live, batch=1)  # a plain pass to compare with after 32 that draft
-    stalled = PassTime(1, 2, 1, 999.5, 999.5, 999.5, 2)
+    stalled = PassTime(1, 2, 1, 999.5, 999.5, 999.5)
     policy.observe(torch.tensor([1]), 1, stalled)
     chosen = _run_policy(policy, 99, 1.2)
     assert [i for i, k in enumerate(chosen) if k == 0] == [31, 64, 97]  # the checks only
@@ -410,10 +410,10 @@ def test_the_engine_starts_each_language_from_the_acceptance_it_has_seen(tiny) -
     (result,) = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=20)])
     drafted = result.stats.drafted  # every one right: an identical assistant
     prior = engine_module._PRIOR_DRAFTS * math.exp(-drafted / engine_module._ACCEPTANCE_MEMORY)
-    assert engine._acceptance["en"] == pytest.approx((0.7 * prior + drafted) / (prior + drafted))
-    assert engine._acceptance["en"] > 0.8
+    assert engine.acceptance("en") == pytest.approx((0.7 * prior + drafted) / (prior + drafted))
+    assert engine.acceptance("en") > 0.8
     policy = engine.length_policy(2, None, False, ["en", "fr"])
-    np.testing.assert_allclose(policy.accepted / policy.trials, [engine._acceptance["en"], 0.7])
+    np.testing.assert_allclose(policy.accepted / policy.trials, [engine.acceptance("en"), 0.7])
 
 
 def test_a_decision_not_to_draft_stands_for_a_few_passes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -426,7 +426,7 @@ def test_a_decision_not_to_draft_stands_for_a_few_passes(monkeypatch: pytest.Mon
     policy = CostModelPolicy(live, batch=2, probe_every=100, rest=4)
     for _ in range(10):
         assert policy.current() == 0
-        policy.observe(torch.tensor([0, 0]), 0, PassTime(2, 1, 0, 0.0, 1.0, None, 2))
+        policy.observe(torch.tensor([0, 0]), 0, PassTime(2, 1, 0, 0.0, 1.0))
     assert len(decided) == 2 and len(priced) == 2  # decided at passes 0 and 5, priced at 4 and 9
     policy.current()
     policy.keep(torch.tensor([1]))
@@ -449,7 +449,7 @@ def test_a_language_whose_drafts_are_rejected_probes_less_often(tiny) -> None:
         (result,) = engine.decode(states, fr)
         drafted, accepted = drafted + result.stats.drafted, accepted + result.stats.accepted
         intervals.append(engine._probe_every.get("fr", 32))
-    assert drafted > 2 * accepted and engine._acceptance["fr"] < 0.5
+    assert drafted > 2 * accepted and engine.acceptance("fr") < 0.5
     assert intervals[0] == 32 and intervals == sorted(intervals) and intervals[-1] >= 256
     assert engine.length_policy(1, None, False, ["fr"]).probe_every == intervals[-1]
     assert engine.length_policy(2, None, False, ["fr", "en"]).probe_every == 32  # the batch's least
