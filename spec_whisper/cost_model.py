@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +37,7 @@ __all__ = [
     "DecoderCosts",
     "LiveCosts",
     "PassTime",
+    "TableTiming",
     "best_draft_length",
     "best_extension",
     "expected_tokens",
@@ -159,7 +160,6 @@ class DecoderCosts:
         return "; ".join(lines)
 
     @classmethod
-    @torch.inference_mode()
     def measure(
         cls,
         main: WhisperDecoderRunner,
@@ -168,11 +168,71 @@ class DecoderCosts:
         repeats: int = 3,
         batches: Sequence[int] = BATCHES,
     ) -> DecoderCosts:
-        """Median time of each pass shape, over `frames` encoder frames of random states. The shapes of
-        one batch size are timed in turn, round after round, so that a slow spell of the machine
-        (these are shared cores) lands on all of them rather than on the few it happens to overlap.
-        Only `batches` (of BATCHES) are timed; the others' prices are left at zero (`lowest`)."""
+        """Median time of each pass shape, over `frames` encoder frames of random states, timed at once
+        (`TableTiming` times them a slice at a time). Only `batches` (of BATCHES) are timed; the
+        others' prices are left at zero (`lowest`)."""
+        table = TableTiming(main, assistant, frames, repeats, batches).advance(math.inf)
+        assert table is not None
+        return table
 
+    def lowest(self, other: DecoderCosts, batches: Sequence[int]) -> DecoderCosts:
+        """This table with, for `batches`, each price the lower of its own and `other`'s: a busy machine
+        only ever slows a pass, so the lower of two timings is the nearer to the machine's own."""
+        rows = [BATCHES.index(b) for b in batches]
+        verify, draft, first_extra = self.verify.copy(), self.draft.copy(), self.first_extra.copy()
+        verify[rows] = np.minimum(verify[rows], other.verify[rows])
+        draft[rows] = np.minimum(draft[rows], other.draft[rows])
+        first_extra[rows] = np.minimum(first_extra[rows], other.first_extra[rows])
+        spread = self.spread.copy()
+        spread[rows] = other.spread[rows]  # how busy the machine was at the latest timing
+        return DecoderCosts(verify, draft, first_extra, spread)
+
+
+class TableTiming:
+    """`DecoderCosts.measure`, a timed pass at a time: `advance(seconds)` times passes for about that
+    long and hands back the table once every shape is timed. The engine times a row again this way
+    between requests (`SpeculativeWhisper.costs`): at once, timing batch 16 again held the decoder
+    about 7 s on whisper-base here, and that request's batch waited.
+
+    The shapes of one batch size are timed in turn, round after round, so that a slow spell of the
+    machine (these are shared cores) lands on all of them rather than on the few it happens to
+    overlap; round 0 warms up and is not counted. Resumed after a pause (`advance` again), the first
+    pass finds the caches cold, so it runs once untimed first. The rows' cross-attention keys and
+    values are one random row's, repeated: computing each row's would take half a second at batch 16
+    in one piece, and a pass reads them the same whatever they hold."""
+
+    def __init__(
+        self,
+        main: WhisperDecoderRunner,
+        assistant: WhisperDecoderRunner | None,
+        frames: int,
+        repeats: int = 3,
+        batches: Sequence[int] = BATCHES,
+    ) -> None:
+        self.batches = [b for b in BATCHES if b in batches]
+        self._passes = self._timed_passes(main, assistant, frames, repeats)
+        next(self._passes)  # to its first `yield`, which waits for `advance`
+
+    def advance(self, seconds: float) -> DecoderCosts | None:
+        """Time passes for about `seconds` (at least one); the table once the last shape is timed."""
+        ends, cold = time.perf_counter() + seconds, True
+        try:
+            while True:
+                self._passes.send(cold)
+                cold = False
+                if time.perf_counter() >= ends:
+                    return None
+        except StopIteration as finished:
+            return finished.value
+
+    @torch.inference_mode()
+    def _timed_passes(
+        self,
+        main: WhisperDecoderRunner,
+        assistant: WhisperDecoderRunner | None,
+        frames: int,
+        repeats: int,
+    ) -> Generator[None, bool, DecoderCosts]:
         def timed(runner: WhisperDecoderRunner, cache: DecoderCache, tokens: int) -> Callable[[], float]:
             batch = cache.self_k.shape[1]
             ids = torch.randint(0, runner.vocab_size, (batch, tokens))
@@ -186,11 +246,11 @@ class DecoderCosts:
 
         verify, draft = np.zeros((len(BATCHES), len(TOKENS))), np.full(len(BATCHES), np.inf)
         first_extra, spread = np.zeros(len(BATCHES)), np.ones(len(BATCHES))
-        for i, batch in enumerate(BATCHES):
-            if batch not in batches:
-                continue
-            states = torch.randn(batch, frames, main.encoder_dim, dtype=main.dtype, device=main.device)
-            cache = main.new_cache(states)
+        cold = yield
+        for batch in self.batches:
+            i = BATCHES.index(batch)
+            one_row = torch.randn(1, frames, main.encoder_dim, dtype=main.dtype, device=main.device)
+            cache = main.new_cache(one_row).repeated(batch)
             passes = [timed(main, cache, tokens) for tokens in TOKENS]
             if assistant is not None:
                 own = torch.randn(
@@ -199,7 +259,14 @@ class DecoderCosts:
                 # An assistant may read the main decoder's cross-attention cache (`cross_from`).
                 step = timed(assistant, assistant.new_cache(own, cache), 1)
                 passes += [step, step]  # right after the main passes, then right after itself
-            times = np.array([[run() for run in passes] for _ in range(repeats + 1)])[1:]  # round 0 warms up
+            times = np.zeros((repeats + 1, len(passes)))
+            for r in range(repeats + 1):
+                for j, run in enumerate(passes):
+                    if cold:
+                        run()
+                    times[r, j] = run()
+                    cold = yield
+            times = times[1:]  # round 0 warms up
             medians = np.median(times, axis=0)
             spread[i] = float(np.median(times.max(axis=0) / times.min(axis=0)))
             # A pass over more tokens never costs less: a median above a later one is noise.
@@ -207,18 +274,6 @@ class DecoderCosts:
             if assistant is not None:
                 draft[i] = medians[-1]
                 first_extra[i] = max(0.0, medians[-2] - medians[-1])
-        return cls(verify, draft, first_extra, spread)
-
-    def lowest(self, other: DecoderCosts, batches: Sequence[int]) -> DecoderCosts:
-        """This table with, for `batches`, each price the lower of its own and `other`'s: a busy machine
-        only ever slows a pass, so the lower of two timings is the nearer to the machine's own."""
-        rows = [BATCHES.index(b) for b in batches]
-        verify, draft, first_extra = self.verify.copy(), self.draft.copy(), self.first_extra.copy()
-        verify[rows] = np.minimum(verify[rows], other.verify[rows])
-        draft[rows] = np.minimum(draft[rows], other.draft[rows])
-        first_extra[rows] = np.minimum(first_extra[rows], other.first_extra[rows])
-        spread = self.spread.copy()
-        spread[rows] = other.spread[rows]  # how busy the machine was at the latest timing
         return DecoderCosts(verify, draft, first_extra, spread)
 
 

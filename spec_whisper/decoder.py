@@ -72,6 +72,19 @@ class DecoderCache:
     cross_v: tuple[Tensor, ...]
     cross_frames: Tensor | None = None
 
+    def repeated(self, batch: int) -> DecoderCache:
+        """`batch` copies of this one-row cache: rows to time passes over (`cost_model.TableTiming`)."""
+        if self.self_k.shape[1] != 1:
+            raise ValueError(f"repeated() takes a one-row cache, not {self.self_k.shape[1]} rows")
+        frames = None if self.cross_frames is None else self.cross_frames.repeat(batch)
+        return DecoderCache(
+            self.self_k.repeat(1, batch, 1, 1, 1),
+            self.self_v.repeat(1, batch, 1, 1, 1),
+            tuple(t.repeat(batch, 1, 1, 1) for t in self.cross_k),
+            tuple(t.repeat(batch, 1, 1, 1) for t in self.cross_v),
+            frames,
+        )
+
     def select(self, order: Tensor) -> DecoderCache:
         """Keep rows `order` (from `compaction_order`) in the leading slots, dropping the rest.
 

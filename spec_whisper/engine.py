@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .core_turns import CoreTurns
-from .cost_model import DecoderCosts, LiveCosts, PassCosts, best_draft_length
+from .cost_model import DecoderCosts, LiveCosts, PassCosts, TableTiming, best_draft_length
 from .cpu_kernels import kernels_available
 from .decoder import WhisperDecoderRunner, shared_cross_attention
 from .drafters import (
@@ -53,6 +53,10 @@ _ACCEPTANCE_MEMORY, _PRIOR_DRAFTS = 256, 16
 # often right (docs/benchmarks.md), and in a batch each row reads only its own window's frames. The
 # main model attends to every frame: its tokens stay exact.
 _ASSISTANT_FRAMES_PAST_AUDIO = 100
+
+# The most a retiming of stale prices adds before a speculative batch, as a share of the last one's
+# decoding time (`_retime_some`).
+_RETIME_SHARE = 0.25
 
 # A Triton model runs one of these; an in-process engine runs both.
 STAGES = frozenset({"encoder", "decoder"})
@@ -108,6 +112,8 @@ class SpeculativeWhisper:
             if models.assistant_has_encoder:
                 self.assistant_encoder = WhisperEncoderRunner(models.assistant.model.encoder, self.turns)
         self._costs: PassCosts | None = None
+        self._retiming: TableTiming | None = None  # stale rows of the table being timed again
+        self._last_decode_s = 0.0  # the last speculative batch's passes
         self._drafts: dict[str, tuple[float, float]] = {}  # by language: (accepted, drafted), decaying
         self._probe_every: dict[str, int] = {}  # by language, learnt while decoding
         self._plain_passes: dict[str, int] = {}  # by language: the plain passes its last request ended with
@@ -163,17 +169,31 @@ class SpeculativeWhisper:
     def costs(self) -> PassCosts:
         """Measured pass costs that pick the draft length: timed on first use (a few seconds), then
         rescaled by every speculative pass this engine runs (`LiveCosts`), and a batch size's row timed
-        again where the passes show it was timed in a slow spell (`LiveCosts.stale_batches`)."""
+        again where the passes show it was timed in a slow spell (`LiveCosts.stale_batches`), a slice
+        at a time (`_retime_some`)."""
         if self._costs is None:
             assert self.main is not None, "no decoder stage"
             with self.turns():  # timed on cores no other stage is using
                 self._costs = LiveCosts(DecoderCosts.measure(self.main, self.assistant, self._frames))
-        elif stale := self._costs.stale_batches():  # timed in a slow spell of the machine: again
-            with self.turns():
-                table = DecoderCosts.measure(self.main, self.assistant, self._frames, batches=stale)
-            self._costs.retimed(table, stale)
-            logger.info("pass costs timed again for batch sizes %s: %s", stale, table.describe(stale))
+        elif isinstance(self._costs, LiveCosts):
+            self._retime_some(self._costs)
         return self._costs
+
+    def _retime_some(self, costs: LiveCosts) -> None:
+        """Time stale rows of the table again, for at most `_RETIME_SHARE` of the last speculative
+        batch's passes (and one timed pass) before each: timed at once, batch 16 held its request's
+        batch about 7 s on whisper-base here. Meanwhile the stale prices stand, rescaled in place."""
+        if self._retiming is None:
+            if not (stale := costs.stale_batches()):
+                return
+            self._retiming = TableTiming(self.main, self.assistant, self._frames, batches=stale)
+        with self.turns():
+            table = self._retiming.advance(_RETIME_SHARE * self._last_decode_s)
+        if table is None:
+            return
+        batches, self._retiming = self._retiming.batches, None
+        costs.retimed(table, batches)
+        logger.info("pass costs timed again for batch sizes %s: %s", batches, table.describe(batches))
 
     @property
     def _frames(self) -> int:
@@ -260,6 +280,7 @@ class SpeculativeWhisper:
                 assistant_cache = self.assistant.new_cache(own, cache, self.assistant_frames(states))
             head = self.assistant.head_for(languages)
             drafter = AssistantDrafter(self.assistant, assistant_cache, policy, head)
+        decoding = time.perf_counter()
         tokens, stats = generate(
             self.main,
             cache,
@@ -271,6 +292,7 @@ class SpeculativeWhisper:
         )
         elapsed = time.perf_counter() - began
         if drafter is not None:
+            self._last_decode_s = time.perf_counter() - decoding  # without a retiming's slice
             self._learn_acceptance(languages, stats)
         if isinstance(policy, CostModelPolicy):
             self._learn_probing(languages, policy)

@@ -17,6 +17,7 @@ from spec_whisper.cost_model import (
     DecoderCosts,
     LiveCosts,
     PassTime,
+    TableTiming,
     best_draft_length,
     best_extension,
     expected_tokens,
@@ -135,9 +136,24 @@ def test_engine_measures_costs_and_stays_exact(tiny) -> None:
     assert all(r.stats.drafted == 0 for r in none)
 
 
-def test_a_table_timed_on_a_slower_machine_is_timed_again(tiny) -> None:
+def test_a_table_is_timed_a_pass_at_a_time(tiny) -> None:
+    """`TableTiming.advance` times at least one pass per call, and the table once every shape is."""
+    engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])
+    frames = engine.models.main.config.max_source_positions
+    timing = TableTiming(engine.main, engine.assistant, frames, repeats=1, batches=[2])
+    slices = 0
+    while (table := timing.advance(0.0)) is None:
+        slices += 1
+    assert slices == 2 * (len(TOKENS) + 2)  # round 0 and one counted round of every shape
+    assert np.all(table.verify[BATCHES.index(2)] > 0) and not table.verify[BATCHES.index(4)].any()
+    assert np.isfinite(table.draft[BATCHES.index(2)]) and table.spread[BATCHES.index(2)] >= 1.0
+
+
+def test_a_table_timed_on_a_slower_machine_is_timed_again(tiny, monkeypatch) -> None:
     """Verify passes in place at a tenth of the table's batch-1 prices, as after a table timed in a
-    slow spell: after 16 of them the engine times that row again, and only that row."""
+    slow spell: after 16 of them the engine times that row again, and only that row, a pass before
+    each request (here) until it is timed, and the requests meanwhile decode as ever."""
+    monkeypatch.setattr(engine_module, "_RETIME_SHARE", 0.0)  # one timed pass before each request
     engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])
     measured = engine.costs().table
     slow = DecoderCosts(measured.verify * 10, measured.draft * 10, measured.first_extra * 10)
@@ -152,6 +168,10 @@ def test_a_table_timed_on_a_slower_machine_is_timed_again(tiny) -> None:
         result = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=25)])[0]
         assert result.tokens == plain[0].tokens
     assert live.stale_batches() == [1]
+    for _ in range(4 * (len(TOKENS) + 2)):  # four rounds of every shape, a timed pass before each request
+        assert live.stale_batches() == [1]
+        result = engine.decode(states, [DecodingOptions(language="en", max_new_tokens=25)])[0]
+        assert result.tokens == plain[0].tokens
     assert engine.costs() is live and live.stale_batches() == []
     assert np.all(live.table.verify[0] < slow.verify[0] / 3)  # timed again, at about the machine's speed
     np.testing.assert_array_equal(live.table.verify[1:], slow.verify[1:])
