@@ -2,6 +2,7 @@
 
     python scripts/bench_policy.py --skip 40 --clips 16 --record docs/benchmarks.md
     python scripts/bench_policy.py --policies "cost model, after every draft (default)" k=1 k=2 k=3
+    python scripts/bench_policy.py --corpus fleurs --clips 40 --batch 8 16   # batches mixing the languages
 
 Policies: plain greedy (no drafts); the cost model choosing the length once per verify pass; the
 cost model deciding again after every draft from the assistant's probabilities, with the prices the
@@ -21,6 +22,8 @@ worth. Outputs are checked identical.
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import sys
 import time
@@ -37,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from bench_engine import engine_arguments, english_clips, fp32_activation_engine, record  # noqa: E402  (scripts/, beside this file)
 
+from spec_whisper.audio import decode_audio  # noqa: E402
 from spec_whisper.cost_model import BATCHES, DecoderCosts, LiveCosts  # noqa: E402
 from spec_whisper.decoder import WhisperDecoderRunner  # noqa: E402
 from spec_whisper.drafters import CostModelPolicy, LengthPolicy  # noqa: E402
@@ -152,10 +156,28 @@ class CountingRunner:
         WhisperDecoderRunner.greedy, WhisperDecoderRunner.draft = self._greedy, self._draft
 
 
+def fleurs_clips(speech_dir: Path, clips: int) -> tuple[list[np.ndarray], list[str]]:
+    """16 kHz samples and languages of `clips` FLEURS clips from the shared folder, taking the
+    languages in turn (a served batch mixes them). The default assistant was distilled on some."""
+    manifest = [json.loads(line) for line in (speech_dir / "manifest.jsonl").read_text().splitlines()]
+    by_language: dict[str, list[dict]] = defaultdict(list)
+    for entry in manifest:
+        if entry["path"].startswith("fleurs/"):
+            by_language[entry["language"]].append(entry)
+    in_turn = [e for group in itertools.zip_longest(*by_language.values()) for e in group if e]
+    chosen = in_turn[:clips]
+    return [decode_audio(speech_dir / e["path"]) for e in chosen], [e["language"] for e in chosen]
+
+
 def main() -> None:
     parser = engine_arguments(__doc__, clips=16)
     parser.set_defaults(skip=40)  # the assistant's distillation trained on the first 40 clips' speakers
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--corpus", choices=["librispeech", "fleurs"], default="librispeech",
+        help="fleurs: the first --clips FLEURS clips, one language after another, so that batches mix "
+        "them (--skip counts LibriSpeech clips only)",
+    )  # fmt: skip
     parser.add_argument(
         "--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES), metavar="NAME",
         help="the policies to run, by name (greedy always runs: the others are judged against it)",
@@ -163,7 +185,13 @@ def main() -> None:
     args = parser.parse_args()
     policies = {name: POLICIES[name] for name in POLICIES if name == "greedy" or name in args.policies}
     torch.set_num_threads(args.threads)
-    pcm = english_clips(args.speech_dir, args.skip, args.clips)
+    if args.corpus == "fleurs":
+        pcm, languages = fleurs_clips(Path(args.speech_dir), args.clips)
+        described = f"{len(pcm)} FLEURS, {'/'.join(sorted(set(languages)))} in turn"
+    else:
+        pcm = english_clips(args.speech_dir, args.skip, args.clips)
+        languages = ["en"] * len(pcm)
+        described = f"{len(pcm)} LibriSpeech test-other (English) from index {args.skip}"
     engine = PolicyEngine.load(args.main, args.assistant)
     costs = engine.costs()
     assistant = engine.assistant
@@ -173,7 +201,7 @@ def main() -> None:
 
     load = np.round(os.getloadavg(), 2).tolist()
     lines = [
-        f"Clips: {len(pcm)} LibriSpeech test-other (English) from index {args.skip}; "
+        f"Clips: {described}; "
         f"whisper-base fp32 + `{Path(args.assistant).name}`; {args.threads} threads; "
         f"wall clock: policies in turn on each chunk, each chunk's best of {args.repeats} rounds; "
         f"load average at start {load}.",
@@ -187,12 +215,15 @@ def main() -> None:
         states = [engine.encode_pcm(chunk) for chunk in chunks]
         tallies = {name: Tally() for name in policies}
         options = {
-            name: DecodingOptions(
-                language="en",
-                speculative=p.speculative,
-                draft_length=p.draft_length,
-                adaptive_draft=p.adaptive,
-            )
+            name: [
+                DecodingOptions(
+                    language=language,
+                    speculative=p.speculative,
+                    draft_length=p.draft_length,
+                    adaptive_draft=p.adaptive,
+                )
+                for language in languages
+            ]
             for name, p in policies.items()
         }
         for round_ in range(args.repeats):
@@ -207,7 +238,8 @@ def main() -> None:
                     engine.assistant = fp32_assistant if p.fp32_activations else assistant
                     counter = CountingRunner(engine, prices)
                     began = time.perf_counter()
-                    results[name] += engine.decode(s, [options[name]] * len(chunk))
+                    first = c * batch
+                    results[name] += engine.decode(s, options[name][first : first + len(chunk)])
                     tallies[name].chunk_s[c].append(time.perf_counter() - began)
                     counter.close()
                     modelled[name] += counter.seconds
