@@ -23,7 +23,6 @@ worth. Outputs are checked identical.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import sys
 import time
@@ -36,9 +35,10 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "loadtest")]
 
 from bench_engine import engine_arguments, english_clips, fp32_activation_engine, record  # noqa: E402  (scripts/, beside this file)
+from clips import read_manifest  # noqa: E402  (loadtest/)
 
 from spec_whisper.audio import decode_audio  # noqa: E402
 from spec_whisper.cost_model import BATCHES, DecoderCosts, LiveCosts  # noqa: E402
@@ -159,9 +159,8 @@ class CountingRunner:
 def fleurs_clips(speech_dir: Path, clips: int) -> tuple[list[np.ndarray], list[str]]:
     """16 kHz samples and languages of `clips` FLEURS clips from the shared folder, taking the
     languages in turn (a served batch mixes them). The default assistant was distilled on some."""
-    manifest = [json.loads(line) for line in (speech_dir / "manifest.jsonl").read_text().splitlines()]
     by_language: dict[str, list[dict]] = defaultdict(list)
-    for entry in manifest:
+    for entry in read_manifest(speech_dir):
         if entry["path"].startswith("fleurs/"):
             by_language[entry["language"]].append(entry)
     in_turn = [e for group in itertools.zip_longest(*by_language.values()) for e in group if e]

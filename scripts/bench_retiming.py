@@ -4,7 +4,7 @@
     python scripts/bench_retiming.py --batch 8 --requests 16
 
 Two engines on the same weights: one times stale rows of its pass-cost table a slice at a time before
-each speculative request (the default, `SpeculativeWhisper._retime_some`), the other at once before
+each speculative request (the default, `SpeculativeWhisper.retime_share`), the other at once before
 one request (as up to 68ed08a). One start-up table, timed while `--busy` processes spin on the cores
 (as on a machine where another job is starting, so that it is stale once they stop), serves both;
 then they decode the same batch of clips in turn, request after request. Prints every request's
@@ -29,8 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from bench_engine import engine_arguments, english_clips, record  # noqa: E402  (scripts/, beside this file)
 
-from spec_whisper import engine as engine_module  # noqa: E402
-from spec_whisper.cost_model import DecoderCosts, LiveCosts  # noqa: E402
+from spec_whisper.cost_model import LiveCosts  # noqa: E402
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
 from spec_whisper.types import DecodingOptions  # noqa: E402
 
@@ -40,13 +39,7 @@ SPIN = "while :; do :; done"
 class AtOnceEngine(SpeculativeWhisper):
     """Times a stale row of its table wholly before the request that finds it stale."""
 
-    def _retime_some(self, costs) -> None:
-        share = engine_module._RETIME_SHARE
-        engine_module._RETIME_SHARE = math.inf
-        try:
-            super()._retime_some(costs)
-        finally:
-            engine_module._RETIME_SHARE = share
+    retime_share = math.inf
 
 
 def main() -> None:
@@ -78,9 +71,7 @@ def main() -> None:
         for spinner in spinners:
             spinner.kill()
     # The same table for both, so that they make the same decisions until they time it again.
-    engines["at once"]._costs = LiveCosts(
-        DecoderCosts(busy.verify.copy(), busy.draft.copy(), busy.first_extra.copy(), busy.spread.copy())
-    )
+    engines["at once"]._costs = LiveCosts(busy)  # a retiming makes a new table (`DecoderCosts.lowest`)
     time.sleep(2)
 
     seconds: dict[str, list[float]] = {name: [] for name in engines}

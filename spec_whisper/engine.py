@@ -54,10 +54,6 @@ _ACCEPTANCE_MEMORY, _PRIOR_DRAFTS = 256, 16
 # main model attends to every frame: its tokens stay exact.
 _ASSISTANT_FRAMES_PAST_AUDIO = 100
 
-# The most a retiming of stale prices adds before a speculative batch, as a share of the last one's
-# decoding time (`_retime_some`).
-_RETIME_SHARE = 0.25
-
 # A Triton model runs one of these; an in-process engine runs both.
 STAGES = frozenset({"encoder", "decoder"})
 
@@ -75,6 +71,10 @@ class EncoderStates:
 
 
 class SpeculativeWhisper:
+    # The most a retiming of stale prices adds before a speculative batch, as a share of the last
+    # one's passes (`_retime_some`).
+    retime_share = 0.25
+
     def __init__(
         self,
         models: LoadedModels,
@@ -180,7 +180,7 @@ class SpeculativeWhisper:
         return self._costs
 
     def _retime_some(self, costs: LiveCosts) -> None:
-        """Time stale rows of the table again, for at most `_RETIME_SHARE` of the last speculative
+        """Time stale rows of the table again, for at most `retime_share` of the last speculative
         batch's passes (and one timed pass) before each: timed at once, batch 16 held its request's
         batch about 7 s on whisper-base here. Meanwhile the stale prices stand, rescaled in place."""
         if self._retiming is None:
@@ -188,7 +188,7 @@ class SpeculativeWhisper:
                 return
             self._retiming = TableTiming(self.main, self.assistant, self._frames, batches=stale)
         with self.turns():
-            table = self._retiming.advance(_RETIME_SHARE * self._last_decode_s)
+            table = self._retiming.advance(self.retime_share * self._last_decode_s)
         if table is None:
             return
         batches, self._retiming = self._retiming.batches, None

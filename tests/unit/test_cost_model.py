@@ -153,7 +153,7 @@ def test_a_table_timed_on_a_slower_machine_is_timed_again(tiny, monkeypatch) -> 
     """Verify passes in place at a tenth of the table's batch-1 prices, as after a table timed in a
     slow spell: after 16 of them the engine times that row again, and only that row, a pass before
     each request (here) until it is timed, and the requests meanwhile decode as ever."""
-    monkeypatch.setattr(engine_module, "_RETIME_SHARE", 0.0)  # one timed pass before each request
+    monkeypatch.setattr(SpeculativeWhisper, "retime_share", 0.0)  # one timed pass before each request
     engine = SpeculativeWhisper.load(tiny["main"], tiny["main"])
     measured = engine.costs().table
     slow = DecoderCosts(measured.verify * 10, measured.draft * 10, measured.first_extra * 10)
