@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import math
 import platform
 import sys
@@ -27,9 +26,10 @@ import torch
 from transformers import WhisperFeatureExtractor, WhisperForCausalLM, WhisperForConditionalGeneration
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "loadtest")]
 
-from spec_whisper.audio import decode_audio  # noqa: E402
+from clips import load_clips  # noqa: E402  (loadtest/)
+
 from spec_whisper.cost_model import BATCHES, TOKENS, PassCosts, synchronize  # noqa: E402
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
 from spec_whisper.heads import FullHead, ScreenedHead  # noqa: E402
@@ -372,10 +372,7 @@ def in_place(
 
 def english_clips(speech_dir: str | Path, skip: int, clips: int) -> list[np.ndarray]:
     """16 kHz samples of `clips` LibriSpeech test-other clips from the shared folder, after `skip`."""
-    speech = Path(speech_dir)
-    manifest = [json.loads(line) for line in (speech / "manifest.jsonl").read_text().splitlines()]
-    english = [m for m in manifest if m["path"].startswith("librispeech_test_other/")]
-    return [decode_audio(speech / m["path"]) for m in english[skip : skip + clips]]
+    return [clip.pcm for clip in load_clips(Path(speech_dir), "librispeech", skip + clips)[skip:]]
 
 
 def record(path: Path | None, title: str, report: str) -> None:
