@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import copy
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "loadtest")]
 
 from clips import load_clips  # noqa: E402  (loadtest/)
+from machine import cpu_description  # noqa: E402  (scripts/, beside this file)
 
 from spec_whisper.cost_model import BATCHES, TOKENS, PassCosts, synchronize  # noqa: E402
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
@@ -435,7 +435,7 @@ def main() -> None:
 
     lines = [
         f"Clips: {len(pcm)} LibriSpeech test-other (English), {audio_s:.0f} s of audio; whisper-base fp32; "
-        f"assistant `{Path(args.assistant).name}`; {args.threads} threads; {platform.machine()}; "
+        f"assistant `{Path(args.assistant).name}`; {args.threads} threads; {cpu_description()}; "
         f"torch {torch.__version__}.",
         "",
         format_table(runs, runs[0]),

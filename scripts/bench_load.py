@@ -34,7 +34,6 @@ import csv
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -63,6 +62,7 @@ from decoder_stage import (  # noqa: E402
     compute_decoder_inputs,
     load_decoder_inputs,
 )
+from machine import cpu_description  # noqa: E402
 from prepare_models import write_repository  # noqa: E402
 from serve import TritonServer  # noqa: E402
 from spec_whisper_client import WhisperClient  # noqa: E402
@@ -167,7 +167,7 @@ def describe_machine(state: dict[str, Any]) -> str:
         else f"NOT quiet ({len(state['others'])} other python/tritonserver processes): timings unreliable"
     )
     return (
-        f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+        f"{cpu_description()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
         f"models on the {state['where']}; "
         f"1-min load average {state['load1']:.2f} at the start, {verdict}."
     )
