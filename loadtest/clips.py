@@ -48,14 +48,19 @@ def read_manifest(speech_dir: Path) -> list[dict[str, Any]]:
 
 
 def load_clips(
-    speech_dir: Path, corpus: str = "librispeech", limit: int | None = None, language: str | None = None
+    speech_dir: Path,
+    corpus: str = "librispeech",
+    limit: int | None = None,
+    language: str | None = None,
+    skip: int = 0,
 ) -> list[Clip]:
-    """The clips of one set (optionally one language), in manifest order, the first `limit` of them."""
+    """The clips of one set (optionally one language), in manifest order, the first `limit` of them
+    after the first `skip` (which are not decoded)."""
     entries = [
         e
         for e in read_manifest(speech_dir)
         if e["path"].startswith(CORPORA[corpus]) and language in (None, e["language"])
-    ][:limit]
+    ][skip:][:limit]
     if not entries:
         raise ValueError(f"no {corpus} clips (language {language}) in {speech_dir / 'manifest.jsonl'}")
     return [Clip(e["id"], e["language"], e["text"], decode_audio(speech_dir / e["path"])) for e in entries]

@@ -372,7 +372,7 @@ def in_place(
 
 def english_clips(speech_dir: str | Path, skip: int, clips: int) -> list[np.ndarray]:
     """16 kHz samples of `clips` LibriSpeech test-other clips from the shared folder, after `skip`."""
-    return [clip.pcm for clip in load_clips(Path(speech_dir), "librispeech", skip + clips)[skip:]]
+    return [clip.pcm for clip in load_clips(Path(speech_dir), "librispeech", clips, skip=skip)]
 
 
 def record(path: Path | None, title: str, report: str) -> None:

@@ -38,9 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "loadtest")]
 
 from bench_engine import engine_arguments, english_clips, fp32_activation_engine, record  # noqa: E402  (scripts/, beside this file)
-from clips import read_manifest  # noqa: E402  (loadtest/)
+from clips import Clip, load_clips  # noqa: E402  (loadtest/)
 
-from spec_whisper.audio import decode_audio  # noqa: E402
 from spec_whisper.cost_model import BATCHES, DecoderCosts, LiveCosts  # noqa: E402
 from spec_whisper.decoder import WhisperDecoderRunner  # noqa: E402
 from spec_whisper.drafters import CostModelPolicy, LengthPolicy  # noqa: E402
@@ -159,13 +158,11 @@ class CountingRunner:
 def fleurs_clips(speech_dir: Path, clips: int) -> tuple[list[np.ndarray], list[str]]:
     """16 kHz samples and languages of `clips` FLEURS clips from the shared folder, taking the
     languages in turn (a served batch mixes them). The default assistant was distilled on some."""
-    by_language: dict[str, list[dict]] = defaultdict(list)
-    for entry in read_manifest(speech_dir):
-        if entry["path"].startswith("fleurs/"):
-            by_language[entry["language"]].append(entry)
-    in_turn = [e for group in itertools.zip_longest(*by_language.values()) for e in group if e]
-    chosen = in_turn[:clips]
-    return [decode_audio(speech_dir / e["path"]) for e in chosen], [e["language"] for e in chosen]
+    by_language: dict[str, list[Clip]] = defaultdict(list)
+    for clip in load_clips(speech_dir, "fleurs"):
+        by_language[clip.language].append(clip)
+    chosen = [c for group in itertools.zip_longest(*by_language.values()) for c in group if c][:clips]
+    return [c.pcm for c in chosen], [c.language for c in chosen]
 
 
 def main() -> None:
