@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from spec_whisper_client.audio import SAMPLE_RATE, decode_audio
 
-__all__ = ["CORPORA", "DEFAULT_SPEECH_DIR", "Clip", "load_clips", "read_manifest"]
+__all__ = ["CORPORA", "DEFAULT_SPEECH_DIR", "Clip", "load_clips", "pack_clips", "read_manifest"]
 
 # /work/main/loadtest/clips.py -> /work/shared/data/speech
 DEFAULT_SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
@@ -64,3 +64,27 @@ def load_clips(
     if not entries:
         raise ValueError(f"no {corpus} clips (language {language}) in {speech_dir / 'manifest.jsonl'}")
     return [Clip(e["id"], e["language"], e["text"], decode_audio(speech_dir / e["path"])) for e in entries]
+
+
+def pack_clips(clips: list[Clip], seconds: float = 30.0, gap_s: float = 0.5) -> list[Clip]:
+    """Consecutive clips joined, `gap_s` of silence apart, into windows of at most `seconds`: dense
+    windows like a long recording's, whose transcripts are several times a short clip's. A clip
+    longer than `seconds` stays a window of its own."""
+    gap = np.zeros(round(gap_s * SAMPLE_RATE), dtype=np.float32)
+    windows: list[list[Clip]] = []
+    for clip in clips:
+        current = windows[-1] if windows else []
+        joined = sum(c.seconds for c in current) + gap_s * len(current) + clip.seconds
+        if current and joined <= seconds and clip.language == current[0].language:
+            current.append(clip)
+        else:
+            windows.append([clip])
+    return [
+        Clip(
+            "+".join(c.id for c in window),
+            window[0].language,
+            " ".join(c.text for c in window),
+            np.concatenate([part for c in window for part in (gap, c.pcm)][1:]),
+        )
+        for window in windows
+    ]

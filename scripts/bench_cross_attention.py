@@ -154,7 +154,7 @@ def main() -> None:
         sys.exit("the kernel did not build here: nothing to compare")
     lines = operator_table(args.rounds)
     engine = SpeculativeWhisper.load(args.main, args.assistant)
-    pcm = english_clips(args.speech_dir, args.skip, args.clips)
+    pcm = english_clips(args.speech_dir, args.skip, args.clips, args.pack)
     lines += pass_table(engine, pcm, args.batch, args.rounds)
     if engine.assistant is not None and engine.assistant.cross_dtype != torch.float32:
         lines += narrow_table(engine, pcm, args.batch, max(1, args.rounds // 2))

@@ -156,7 +156,7 @@ def main() -> None:
         sys.exit("the few-row kernel did not build here: nothing to compare")
     hf_main = WhisperForConditionalGeneration.from_pretrained(args.main).model.decoder
     engine.models.assistant = WhisperForCausalLM.from_pretrained(args.assistant)  # its layers again
-    pcm = english_clips(args.speech_dir, args.skip, args.clips)
+    pcm = english_clips(args.speech_dir, args.skip, args.clips, args.pack)
     tables = [] if args.heads_only else [*main_table(engine, hf_main, pcm, args.batch, args.rounds), ""]
     report = "\n".join([*tables, *head_table(engine, pcm, args.batch, args.rounds)])
     print(report)

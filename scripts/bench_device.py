@@ -131,7 +131,7 @@ def main() -> None:
     args = parser.parse_args()
     if torch.device(args.device).type == "cpu":
         torch.set_num_threads(args.threads)
-    pcm = english_clips(args.speech_dir, args.skip, args.clips)
+    pcm = english_clips(args.speech_dir, args.skip, args.clips, args.pack)
     audio_s = sum(len(p) for p in pcm) / 16000
     began = time.perf_counter()
     reports, data = [], []

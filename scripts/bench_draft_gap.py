@@ -56,7 +56,7 @@ def after(before: Callable[[], object], step: Callable[[], object]) -> float:
 def main() -> None:
     args = in_place_arguments(__doc__)
     engine = SpeculativeWhisper.load(args.main, args.assistant)
-    pcm = english_clips(args.speech_dir, args.skip, args.clips)
+    pcm = english_clips(args.speech_dir, args.skip, args.clips, args.pack)
     out = []
     with torch.inference_mode():
         for batch in args.batch:

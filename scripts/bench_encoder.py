@@ -47,7 +47,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     engine = SpeculativeWhisper.load(args.main, stages={"encoder"})
     theirs = load_models(args.main).main.model.encoder  # a copy of its own: the engine repacks its weights
-    mel = engine.log_mel(english_clips(args.speech_dir, args.skip, args.clips))
+    mel = engine.log_mel(english_clips(args.speech_dir, args.skip, args.clips, args.pack))
     prepacked = prepacking_pays_for_many_rows()
     other = WhisperEncoderRunner(load_models(args.main).main.model.encoder, prepack=not prepacked)
     ways = {

@@ -27,7 +27,7 @@ from transformers import WhisperFeatureExtractor, WhisperForCausalLM, WhisperFor
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "loadtest")]
 
-from clips import load_clips  # noqa: E402  (loadtest/)
+from clips import load_clips, pack_clips  # noqa: E402  (loadtest/)
 from machine import cpu_description  # noqa: E402  (scripts/, beside this file)
 
 from spec_whisper.cost_model import BATCHES, TOKENS, PassCosts, synchronize  # noqa: E402
@@ -280,6 +280,11 @@ def engine_arguments(description: str, clips: int) -> argparse.ArgumentParser:
         "--clips", type=int, default=clips, help="English LibriSpeech clips, in manifest order"
     )
     parser.add_argument("--skip", type=int, default=0, help="skip the first N English clips")
+    parser.add_argument(
+        "--pack", type=float, default=0.0, metavar="SECONDS",
+        help="join consecutive clips into windows of at most SECONDS (dense windows, as a long "
+        "recording's); 0: each clip alone",
+    )  # fmt: skip
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--record", type=Path, help="append the results to this markdown file")
@@ -370,9 +375,11 @@ def in_place(
     return InPlace(tokens, torch.full((batch,), first), cache, own, mask, first)
 
 
-def english_clips(speech_dir: str | Path, skip: int, clips: int) -> list[np.ndarray]:
-    """16 kHz samples of `clips` LibriSpeech test-other clips from the shared folder, after `skip`."""
-    return [clip.pcm for clip in load_clips(Path(speech_dir), "librispeech", clips, skip=skip)]
+def english_clips(speech_dir: str | Path, skip: int, clips: int, pack: float = 0.0) -> list[np.ndarray]:
+    """16 kHz samples of `clips` LibriSpeech test-other clips from the shared folder, after `skip`;
+    with `pack`, joined into windows of at most `pack` seconds."""
+    chosen = load_clips(Path(speech_dir), "librispeech", clips, skip=skip)
+    return [clip.pcm for clip in (pack_clips(chosen, pack) if pack else chosen)]
 
 
 def record(path: Path | None, title: str, report: str) -> None:
@@ -389,7 +396,7 @@ def main() -> None:
     parser.add_argument("--no-ctranslate2", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pcm = english_clips(args.speech_dir, args.skip, args.clips)
+    pcm = english_clips(args.speech_dir, args.skip, args.clips, args.pack)
     audio_s = sum(len(p) for p in pcm) / 16000
 
     engine = SpeculativeWhisper.load(args.main, args.assistant)

@@ -185,9 +185,12 @@ def main() -> None:
         pcm, languages = fleurs_clips(Path(args.speech_dir), args.clips)
         described = f"{len(pcm)} FLEURS, {'/'.join(sorted(set(languages)))} in turn"
     else:
-        pcm = english_clips(args.speech_dir, args.skip, args.clips)
+        pcm = english_clips(args.speech_dir, args.skip, args.clips, args.pack)
         languages = ["en"] * len(pcm)
-        described = f"{len(pcm)} LibriSpeech test-other (English) from index {args.skip}"
+        described = f"{args.clips} LibriSpeech test-other (English) from index {args.skip}"
+        if args.pack:
+            seconds = sum(len(p) for p in pcm) / 16000
+            described += f", joined into {len(pcm)} windows of at most {args.pack:g} s ({seconds:.0f} s)"
     engine = PolicyEngine.load(args.main, args.assistant)
     costs = engine.costs()
     assistant = engine.assistant

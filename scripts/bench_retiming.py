@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batch = args.batch[0]
-    pcm = english_clips(args.speech_dir, args.skip, args.clips)[:batch]
+    pcm = english_clips(args.speech_dir, args.skip, args.clips, args.pack)[:batch]
     engines = {
         "in slices": SpeculativeWhisper.load(args.main, args.assistant),
         "at once": AtOnceEngine.load(args.main, args.assistant),

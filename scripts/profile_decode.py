@@ -76,7 +76,7 @@ def main() -> None:
     parser.set_defaults(skip=40, batch=[1])  # the clips the distillation held out; one at a time
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pcm = english_clips(args.speech_dir, args.skip, args.clips)
+    pcm = english_clips(args.speech_dir, args.skip, args.clips, args.pack)
     whisper = SpeculativeWhisper.load(args.main, args.assistant)
     whisper.costs()  # timed once, before the clock starts
     instrument(whisper)
@@ -99,7 +99,8 @@ def main() -> None:
                 ]
                 total = time.perf_counter() - began
                 mode = "speculative" if speculative else "greedy"
-                report.append(f"\n{mode}, batch {batch}: {len(pcm)} clips, decoding {total:.2f} s\n")
+                what = f"{len(pcm)} windows of {args.clips} clips" if args.pack else f"{len(pcm)} clips"
+                report.append(f"\n{mode}, batch {batch}: {what}, decoding {total:.2f} s\n")
                 report.append("| piece | s | calls | ms per call |\n|---|---|---|---|")
                 for name in sorted(seconds, key=ORDER.index):
                     spent, n = seconds[name], calls[name]
