@@ -53,9 +53,11 @@ def load_clips(
     limit: int | None = None,
     language: str | None = None,
     skip: int = 0,
+    pack: float = 0.0,
 ) -> list[Clip]:
     """The clips of one set (optionally one language), in manifest order, the first `limit` of them
-    after the first `skip` (which are not decoded)."""
+    after the first `skip` (which are not decoded); with `pack`, joined into windows of at most `pack`
+    seconds (`pack_clips`)."""
     entries = [
         e
         for e in read_manifest(speech_dir)
@@ -63,7 +65,8 @@ def load_clips(
     ][skip:][:limit]
     if not entries:
         raise ValueError(f"no {corpus} clips (language {language}) in {speech_dir / 'manifest.jsonl'}")
-    return [Clip(e["id"], e["language"], e["text"], decode_audio(speech_dir / e["path"])) for e in entries]
+    clips = [Clip(e["id"], e["language"], e["text"], decode_audio(speech_dir / e["path"])) for e in entries]
+    return pack_clips(clips, pack) if pack else clips
 
 
 def pack_clips(clips: list[Clip], seconds: float = 30.0, gap_s: float = 0.5) -> list[Clip]:

@@ -69,6 +69,10 @@ def _add_arguments(parser: Any) -> None:
     group.add_argument("--corpus", choices=sorted(CORPORA), default="librispeech")
     group.add_argument("--clip-limit", type=int, default=0, help="use only the first N clips (0: all)")
     group.add_argument(
+        "--pack", type=float, default=0.0,
+        help="join consecutive clips into windows of at most this many seconds (0: each clip alone)",
+    )  # fmt: skip
+    group.add_argument(
         "--decoding",
         choices=sorted(MODES),
         default="speculative",
@@ -102,7 +106,9 @@ def _on_init(environment: Environment, **_: Any) -> None:
         return
     if options.clips_per_request < 1:
         raise ValueError("--clips-per-request must be at least 1")
-    _clips.extend(load_clips(Path(options.speech_dir), options.corpus, options.clip_limit or None))
+    _clips.extend(
+        load_clips(Path(options.speech_dir), options.corpus, options.clip_limit or None, pack=options.pack)
+    )
     if options.stage == "decoder":
         if not options.decoder_inputs:
             raise ValueError("--stage decoder needs --decoder-inputs")

@@ -27,7 +27,7 @@ from transformers import WhisperFeatureExtractor, WhisperForCausalLM, WhisperFor
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "loadtest")]
 
-from clips import load_clips, pack_clips  # noqa: E402  (loadtest/)
+from clips import load_clips  # noqa: E402  (loadtest/)
 from machine import cpu_description  # noqa: E402  (scripts/, beside this file)
 
 from spec_whisper.cost_model import BATCHES, TOKENS, PassCosts, synchronize  # noqa: E402
@@ -378,8 +378,7 @@ def in_place(
 def english_clips(speech_dir: str | Path, skip: int, clips: int, pack: float = 0.0) -> list[np.ndarray]:
     """16 kHz samples of `clips` LibriSpeech test-other clips from the shared folder, after `skip`;
     with `pack`, joined into windows of at most `pack` seconds."""
-    chosen = load_clips(Path(speech_dir), "librispeech", clips, skip=skip)
-    return [clip.pcm for clip in (pack_clips(chosen, pack) if pack else chosen)]
+    return [clip.pcm for clip in load_clips(Path(speech_dir), "librispeech", clips, skip=skip, pack=pack)]
 
 
 def record(path: Path | None, title: str, report: str) -> None:

@@ -269,7 +269,8 @@ def locust_command(cell: Cell, url: str, args: argparse.Namespace, record: Path)
         "--host", url, "-u", str(users), "-r", str(users),
         "--run-time", f"{args.cell_seconds}s", "--stop-timeout", str(args.stop_timeout),
         "--loglevel", "WARNING", "--speech-dir", str(args.speech_dir), "--corpus", args.corpus,
-        "--decoding", cell.mode, "--clips-per-request", str(cell.size), "--record-file", str(record),
+        "--pack", str(args.pack), "--decoding", cell.mode, "--clips-per-request", str(cell.size),
+        "--record-file", str(record),
         "--stage", args.stage, "--decoder-inputs", str(decoder_inputs_path(args)),
         WAYS[cell.way],
     ]  # fmt: skip
@@ -364,7 +365,7 @@ def warm_up(url: str, args: argparse.Namespace) -> None:
         for speculative in (False, True):
             client.transcribe((clip.pcm, 16000), language=clip.language, speculative=speculative)
     if args.stage == "decoder":
-        clips = load_clips(args.speech_dir, args.corpus)
+        clips = load_clips(args.speech_dir, args.corpus, pack=args.pack)
         saved = load_decoder_inputs(compute_decoder_inputs(url, clips, decoder_inputs_path(args)))
         shared = SharedDecoderInputs(url, saved)
         decoder = DecoderStageClient(url, shared)
@@ -466,6 +467,7 @@ def markdown(
             )
     errors = sum(r["errors"] for r in rows)
     stage_note = ", the decoder step alone" if args.stage == "decoder" else ""
+    packed = f", consecutive clips joined into windows of at most {args.pack:g} s" if args.pack else ""
     sent = (
         "each clip's saved encoder states sent straight to `whisper_decoder` (the features and encoder "
         "steps ran once per clip before the first cell)"
@@ -478,7 +480,7 @@ def markdown(
             f"+ `{args.assistant.name}`, {where}, cpu_turns {args.cpu_turns}{stage_note})\n",
             f"Command: `{command}`\n",
             f"Machine: {machine}\n",
-            f"Clips: {args.corpus} set of the shared speech folder, {sent}. "
+            f"Clips: {args.corpus} set of the shared speech folder{packed}, {sent}. "
             f"Each cell: {args.cell_seconds} s of closed-loop load, in-flight requests then "
             f"allowed to finish; latency percentiles over all requests of the cell, throughput over "
             f"first start to last answer. **users**: N Locust users, one clip per request, batches "
@@ -528,6 +530,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="load the whole ensemble (audio in), or the decoder step alone (saved encoder states in)",
     )
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="librispeech-heldout")
+    parser.add_argument(
+        "--pack", type=float, default=0.0, metavar="SECONDS",
+        help="join consecutive clips into windows of at most SECONDS (dense windows, as a long "
+        "recording's); 0: each clip alone",
+    )  # fmt: skip
     parser.add_argument("--speech-dir", type=Path, default=DEFAULT_SPEECH_DIR)
     parser.add_argument("--main", type=Path, default=REPO / "models" / "whisper-base")
     parser.add_argument("--assistant", type=Path, default=REPO / "models" / "whisper-base-assistant")
