@@ -16,6 +16,9 @@ ensemble's first two steps gave it, computed once (`--decoder-inputs`, made by
 `decoder_stage.compute_decoder_inputs`; scripts/bench_load.py --stage decoder does both): the
 decoder's capacity, free of the encoder's pace (see decoder_stage.py).
 
+`--pack SECONDS` sends windows of consecutive clips joined, at most that long (`clips.pack_clips`):
+dense speech, as a long recording's 30 s windows hold.
+
 Each Locust request is reported with `response_length` = milliseconds of audio it carried, so
 Locust's "average size" reads as audio per request. `--record-file` also writes one JSON line per
 request (start time, latency, audio seconds, clip latencies, drafted/accepted tokens, error) for

@@ -17,6 +17,10 @@ before the first cell, and every request sends them straight to the decoder, so 
 and its clips per second are its capacity (loadtest/decoder_stage.py says why the ensemble cannot
 show that on a CPU).
 
+`--pack SECONDS` joins consecutive clips, half a second of silence apart, into windows of at most
+that length: windows full of speech, as a long recording's, where a short clip's fixed costs per
+window weigh less.
+
 Locust lets in-flight requests finish (--stop-timeout) so no work spills into the next cell.
 Written to --out-dir: load.csv (latency percentiles, requests/s, clips/s, audio seconds per wall
 second, errors, peak server RSS per cell), stages.csv (per-model queue and compute time from
