@@ -179,6 +179,8 @@ def main() -> None:
         help="the policies to run, by name (greedy always runs: the others are judged against it)",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.pack and args.corpus == "fleurs":
+        parser.error("--pack joins English clips only: FLEURS batches take the languages in turn")
     policies = {name: POLICIES[name] for name in POLICIES if name == "greedy" or name in args.policies}
     torch.set_num_threads(args.threads)
     if args.corpus == "fleurs":
@@ -187,10 +189,13 @@ def main() -> None:
     else:
         pcm = english_clips(args.speech_dir, args.skip, args.clips, args.pack)
         languages = ["en"] * len(pcm)
-        described = f"{args.clips} LibriSpeech test-other (English) from index {args.skip}"
+        described = f"{len(pcm)} LibriSpeech test-other (English) from index {args.skip}"
         if args.pack:
             seconds = sum(len(p) for p in pcm) / 16000
-            described += f", joined into {len(pcm)} windows of at most {args.pack:g} s ({seconds:.0f} s)"
+            described = (
+                f"LibriSpeech test-other (English) from index {args.skip}, {args.clips} asked for, joined "
+                f"into {len(pcm)} windows of at most {args.pack:g} s ({seconds:.0f} s)"
+            )
     engine = PolicyEngine.load(args.main, args.assistant)
     costs = engine.costs()
     assistant = engine.assistant
