@@ -25,6 +25,7 @@ CORPORA = {
     "librispeech-heldout": ("librispeech_test_other/3005/", "librispeech_test_other/3331/"),
     "fleurs": ("fleurs/",),
     "all": ("librispeech_test_other/", "fleurs/"),
+    "longform": ("longform/",),  # a 203 s recording: the server cuts it into 30 s windows
 }
 
 

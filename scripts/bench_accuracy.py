@@ -3,7 +3,9 @@
     python scripts/bench_accuracy.py --record docs/benchmarks.md     # every clip, about 30 min quiet
     python scripts/bench_accuracy.py --limit 2                       # a quick look: 2 clips per set
 
-Sets: the English LibriSpeech test-other clips, then each FLEURS language on its own. Each clip goes
+Sets: the English LibriSpeech test-other clips, then each FLEURS language on its own, and with
+`--sets long` the 203 s long-form recording (server only: the in-process systems here read 30 s at
+most, and transformers' own long-form decoding is another algorithm). Each clip goes
 through the embedded Triton server one request at a time (nothing else in flight), SPECULATIVE off
 and on, and, in the same process and on the same clips and weights, through transformers
 (`generate()` and `generate(assistant_model=...)`) and CTranslate2 (float32 and int8, greedy, on
@@ -59,6 +61,7 @@ from clips import DEFAULT_SPEECH_DIR, Clip, load_clips, read_manifest  # noqa: E
 from spec_whisper_client import WhisperClient  # noqa: E402
 
 EOT = 50257  # every id from here on is a special token
+LONG_FORM = "long-form en"  # the set only the server transcribes whole
 
 
 @dataclass(frozen=True)
@@ -273,7 +276,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--limit", type=int, help="only the first N clips of each set")
-    parser.add_argument("--sets", nargs="+", help="e.g. en de (default: LibriSpeech en and every FLEURS one)")
+    parser.add_argument(
+        "--sets", nargs="+",
+        help="e.g. en de long (default: LibriSpeech en and every FLEURS one; long: the long-form recording)",
+    )  # fmt: skip
     parser.add_argument("--speech-dir", type=Path, default=DEFAULT_SPEECH_DIR)
     parser.add_argument("--main", type=Path, default=REPO / "models" / "whisper-base")
     parser.add_argument("--assistant", type=Path, default=REPO / "models" / "whisper-base-assistant")
@@ -297,6 +303,8 @@ def clip_sets(args: argparse.Namespace) -> list[tuple[str, list[Clip]]]:
     for language in fleurs:
         if language in wanted:
             sets.append((f"FLEURS {language}", load_clips(args.speech_dir, "fleurs", args.limit, language)))
+    if "long" in wanted:
+        sets.append((LONG_FORM, load_clips(args.speech_dir, "longform", args.limit)))
     return sets
 
 
@@ -327,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         transcripts: dict[str, dict[str, str]] = {}
         for name, clips in sets:
-            rows += run_set(name, clips, systems, english if name.endswith(" en") else basic)
-            for system in systems:
+            taking = [s for s in systems if s.name.startswith("server")] if name == LONG_FORM else systems
+            rows += run_set(name, clips, taking, english if name.endswith(" en") else basic)
+            for system in taking:
                 transcripts.setdefault(system.name, {}).update(
                     {c.id: system.outputs[c.id].text for c in clips}
                 )
