@@ -4,8 +4,10 @@
     python scripts/bench_accuracy.py --limit 2                       # a quick look: 2 clips per set
 
 Sets: the English LibriSpeech test-other clips, then each FLEURS language on its own, and with
-`--sets long` the 203 s long-form recording (server only: the in-process systems here read 30 s at
-most, and transformers' own long-form decoding is another algorithm). Each clip goes
+`--sets long` the 203 s long-form recording. The server cuts that into overlapping 30 s windows and
+decodes them as one batch; beside it runs transformers' own long-form `generate()` (sequential 30 s
+windows, each starting where the last one's final timestamp ended), the other systems sitting it out
+since they read 30 s at most. Each clip goes
 through the embedded Triton server one request at a time (nothing else in flight), SPECULATIVE off
 and on, and, in the same process and on the same clips and weights, through transformers
 (`generate()` and `generate(assistant_model=...)`) and CTranslate2 (float32 and int8, greedy, on
@@ -61,7 +63,8 @@ from clips import DEFAULT_SPEECH_DIR, Clip, load_clips, read_manifest  # noqa: E
 from spec_whisper_client import WhisperClient  # noqa: E402
 
 EOT = 50257  # every id from here on is a special token
-LONG_FORM = "long-form en"  # the set only the server transcribes whole
+LONG_FORM = "long-form en"  # the set only the server and transformers' long-form generate() take whole
+LONG_FORM_TRANSFORMERS = "transformers generate(), long-form with timestamps"
 
 
 @dataclass(frozen=True)
@@ -154,9 +157,24 @@ def transformers_systems(main: Path, assistant: Path) -> list[System]:
 
         return transcribe
 
+    @torch.inference_mode()
+    def long_form(clip: Clip) -> Output:
+        features = extractor(
+            clip.pcm, sampling_rate=16000, return_tensors="pt", truncation=False, padding="longest",
+            return_attention_mask=True,
+        )  # fmt: skip
+        out = model.generate(
+            features.input_features, attention_mask=features.attention_mask, language=clip.language,
+            task="transcribe", return_timestamps=True, condition_on_prev_tokens=False, do_sample=False,
+            num_beams=1,
+        )  # fmt: skip
+        tokens = tuple(t for t in out[0].tolist() if t < EOT)
+        return Output(tokens, tokenizer.decode(list(tokens)))
+
     return [
         System("transformers generate()", make(None)),
         System("transformers generate(assistant_model)", make(draft)),
+        System(LONG_FORM_TRANSFORMERS, long_form),
     ]
 
 
@@ -335,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         transcripts: dict[str, dict[str, str]] = {}
         for name, clips in sets:
-            taking = [s for s in systems if s.name.startswith("server")] if name == LONG_FORM else systems
+            long_form = name == LONG_FORM
+            taking = [
+                s for s in systems
+                if s.name.startswith("server") or (s.name == LONG_FORM_TRANSFORMERS) == long_form
+            ]  # fmt: skip
             rows += run_set(name, clips, taking, english if name.endswith(" en") else basic)
             for system in taking:
                 transcripts.setdefault(system.name, {}).update(
