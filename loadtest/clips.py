@@ -13,7 +13,15 @@ from typing import Any
 import numpy as np
 from spec_whisper_client.audio import SAMPLE_RATE, decode_audio
 
-__all__ = ["CORPORA", "DEFAULT_SPEECH_DIR", "Clip", "load_clips", "pack_clips", "read_manifest"]
+__all__ = [
+    "CORPORA",
+    "DEFAULT_SPEECH_DIR",
+    "Clip",
+    "add_pack_option",
+    "load_clips",
+    "pack_clips",
+    "read_manifest",
+]
 
 # /work/main/loadtest/clips.py -> /work/shared/data/speech
 DEFAULT_SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
@@ -92,3 +100,12 @@ def pack_clips(clips: list[Clip], seconds: float = 30.0, gap_s: float = 0.5) -> 
         )
         for window in windows
     ]
+
+
+def add_pack_option(parser: Any) -> None:
+    """`--pack SECONDS` on an argparse parser or argument group (Locust's too): `load_clips(pack=)`."""
+    parser.add_argument(
+        "--pack", type=float, default=0.0, metavar="SECONDS",
+        help="join consecutive clips, half a second of silence apart, into windows of at most SECONDS "
+        "(dense windows, as a long recording's); 0: each clip alone",
+    )  # fmt: skip

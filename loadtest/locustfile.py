@@ -48,7 +48,7 @@ from locust.env import Environment  # noqa: E402
 from spec_whisper_client import ClientError, TranscriptionResult, WhisperClient  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clips import CORPORA, DEFAULT_SPEECH_DIR, Clip, load_clips  # noqa: E402
+from clips import CORPORA, DEFAULT_SPEECH_DIR, Clip, add_pack_option, load_clips  # noqa: E402
 from decoder_stage import (  # noqa: E402
     DecoderResult,
     DecoderStageClient,
@@ -71,10 +71,7 @@ def _add_arguments(parser: Any) -> None:
     )
     group.add_argument("--corpus", choices=sorted(CORPORA), default="librispeech")
     group.add_argument("--clip-limit", type=int, default=0, help="use only the first N clips (0: all)")
-    group.add_argument(
-        "--pack", type=float, default=0.0,
-        help="join consecutive clips into windows of at most this many seconds (0: each clip alone)",
-    )  # fmt: skip
+    add_pack_option(group)
     group.add_argument(
         "--decoding",
         choices=sorted(MODES),

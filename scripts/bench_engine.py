@@ -27,7 +27,7 @@ from transformers import WhisperFeatureExtractor, WhisperForCausalLM, WhisperFor
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "loadtest")]
 
-from clips import load_clips  # noqa: E402  (loadtest/)
+from clips import add_pack_option, load_clips  # noqa: E402  (loadtest/)
 from machine import cpu_description  # noqa: E402  (scripts/, beside this file)
 
 from spec_whisper.cost_model import BATCHES, TOKENS, PassCosts, synchronize  # noqa: E402
@@ -280,11 +280,7 @@ def engine_arguments(description: str, clips: int) -> argparse.ArgumentParser:
         "--clips", type=int, default=clips, help="English LibriSpeech clips, in manifest order"
     )
     parser.add_argument("--skip", type=int, default=0, help="skip the first N English clips")
-    parser.add_argument(
-        "--pack", type=float, default=0.0, metavar="SECONDS",
-        help="join consecutive clips into windows of at most SECONDS (dense windows, as a long "
-        "recording's); 0: each clip alone",
-    )  # fmt: skip
+    add_pack_option(parser)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--record", type=Path, help="append the results to this markdown file")

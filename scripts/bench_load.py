@@ -59,7 +59,7 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path[:0] = [str(SCRIPTS), str(REPO / "loadtest")]
 
-from clips import CORPORA, DEFAULT_SPEECH_DIR, load_clips  # noqa: E402
+from clips import CORPORA, DEFAULT_SPEECH_DIR, add_pack_option, load_clips  # noqa: E402
 from decoder_stage import (  # noqa: E402
     DecoderStageClient,
     SharedDecoderInputs,
@@ -534,11 +534,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="load the whole ensemble (audio in), or the decoder step alone (saved encoder states in)",
     )
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="librispeech-heldout")
-    parser.add_argument(
-        "--pack", type=float, default=0.0, metavar="SECONDS",
-        help="join consecutive clips into windows of at most SECONDS (dense windows, as a long "
-        "recording's); 0: each clip alone",
-    )  # fmt: skip
+    add_pack_option(parser)
     parser.add_argument("--speech-dir", type=Path, default=DEFAULT_SPEECH_DIR)
     parser.add_argument("--main", type=Path, default=REPO / "models" / "whisper-base")
     parser.add_argument("--assistant", type=Path, default=REPO / "models" / "whisper-base-assistant")
