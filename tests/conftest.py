@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,28 @@ def whisper_base_dir() -> Path:
     from spec_whisper.ct2_convert import convert_packaged_whisper_base
 
     return convert_packaged_whisper_base(REPO / "models" / "whisper-base")
+
+
+@pytest.fixture(scope="session")
+def transformers_greedy(whisper_base_dir: Path) -> Callable[..., list[int]]:
+    """`greedy(pcm, language=None)`: transformers' own greedy `generate()` on whisper-base, one window
+    of 16 kHz samples, features from its own extractor; the text tokens (specials and end-of-text
+    dropped). The language is detected unless given. The model loads once per session."""
+    import torch
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir).eval()
+    extractor = WhisperFeatureExtractor.from_pretrained(whisper_base_dir)
+    end = model.generation_config.eos_token_id
+
+    @torch.inference_mode()
+    def greedy(pcm: Any, language: str | None = None) -> list[int]:
+        mel = extractor(pcm, sampling_rate=16000, return_tensors="pt").input_features
+        given = {"language": language} if language else {}
+        out = model.generate(mel, task="transcribe", do_sample=False, num_beams=1, **given)
+        return [t for t in out[0].tolist() if t < end]
+
+    return greedy
 
 
 @pytest.fixture(scope="session")

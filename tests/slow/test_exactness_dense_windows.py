@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
 from spec_whisper.engine import SpeculativeWhisper
 from spec_whisper.types import DecodingOptions
@@ -28,16 +26,13 @@ def windows(speech_dir: Path) -> list[Clip]:
 
 
 @pytest.fixture(scope="module")
-def reference(whisper_base_dir: Path, windows: list[Clip]) -> list[list[int]]:
-    model = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir).eval()
-    extractor = WhisperFeatureExtractor.from_pretrained(whisper_base_dir)
-    tokens = []
-    with torch.inference_mode():
-        for window in windows:
-            mel = extractor(window.pcm, sampling_rate=16000, return_tensors="pt").input_features
-            out = model.generate(mel, language="en", task="transcribe", do_sample=False, num_beams=1)
-            tokens.append([t for t in out[0].tolist() if t < model.generation_config.eos_token_id])
-    return tokens
+def reference(transformers_greedy, windows: list[Clip]) -> list[list[int]]:
+    return [transformers_greedy(window.pcm, "en") for window in windows]
+
+
+@pytest.fixture(scope="module")
+def engine(whisper_base_dir: Path, assistant_dir: Path) -> SpeculativeWhisper:
+    return SpeculativeWhisper.load(whisper_base_dir, assistant_dir)
 
 
 def test_the_windows_are_dense(windows: list[Clip], reference: list[list[int]]) -> None:
@@ -51,14 +46,12 @@ def test_the_windows_are_dense(windows: list[Clip], reference: list[list[int]]) 
     ids=["cost model, batch 1", "5 drafts, batch 7"],
 )
 def test_speculative_equals_transformers_greedy_on_dense_windows(
-    whisper_base_dir: Path,
-    assistant_dir: Path,
+    engine: SpeculativeWhisper,
     windows: list[Clip],
     reference: list[list[int]],
     options: DecodingOptions,
     batch: int,
 ) -> None:
-    engine = SpeculativeWhisper.load(whisper_base_dir, assistant_dir)
     ours, drafted = [], 0
     for first in range(0, len(windows), batch):
         group = [w.pcm for w in windows[first : first + batch]]

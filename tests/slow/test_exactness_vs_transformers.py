@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
 from spec_whisper.engine import EncoderStates, SpeculativeWhisper
 from spec_whisper.types import DecodingOptions
@@ -17,17 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def reference(whisper_base_dir: Path, clips: list[dict[str, Any]]) -> list[list[int]]:
-    """transformers greedy, one clip at a time, language detected, features from its own extractor."""
-    model = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir).eval()
-    extractor = WhisperFeatureExtractor.from_pretrained(whisper_base_dir)
-    tokens = []
-    with torch.inference_mode():
-        for clip in clips:
-            mel = extractor(clip["pcm"], sampling_rate=16000, return_tensors="pt").input_features
-            out = model.generate(mel, task="transcribe", do_sample=False, num_beams=1)
-            tokens.append([t for t in out[0].tolist() if t < model.generation_config.eos_token_id])
-    return tokens
+def reference(transformers_greedy, clips: list[dict[str, Any]]) -> list[list[int]]:
+    """transformers greedy, one clip at a time, language detected."""
+    return [transformers_greedy(clip["pcm"]) for clip in clips]
 
 
 @pytest.fixture(scope="module", params=["distilled", "own_encoder", "identical"])
