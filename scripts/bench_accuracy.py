@@ -64,7 +64,6 @@ from spec_whisper_client import WhisperClient  # noqa: E402
 
 EOT = 50257  # every id from here on is a special token
 LONG_FORM = "long-form en"  # the set only the server and transformers' long-form generate() take whole
-LONG_FORM_TRANSFORMERS = "transformers generate(), long-form with timestamps"
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,8 @@ class Output:
 class System:
     name: str
     transcribe: Callable[[Clip], Output]
+    # The sets it runs: "short" (30 s at most), "long" (the long-form one) or "all".
+    sets: str = "short"
     # Filled per set: clip id -> output, and the summed seconds.
     outputs: dict[str, Output] = field(default_factory=dict)
     seconds: float = 0.0
@@ -134,7 +135,7 @@ def server_system(client: WhisperClient, speculative: bool) -> System:
         r = client.transcribe((clip.pcm, 16000), language=clip.language, speculative=speculative)
         return Output(r.tokens, r.text, r.drafted, r.accepted)
 
-    return System(f"server {'speculative' if speculative else 'plain'}", transcribe)
+    return System(f"server {'speculative' if speculative else 'plain'}", transcribe, sets="all")
 
 
 def transformers_systems(main: Path, assistant: Path) -> list[System]:
@@ -174,7 +175,7 @@ def transformers_systems(main: Path, assistant: Path) -> list[System]:
     return [
         System("transformers generate()", make(None)),
         System("transformers generate(assistant_model)", make(draft)),
-        System(LONG_FORM_TRANSFORMERS, long_form),
+        System("transformers generate(), long-form with timestamps", long_form, sets="long"),
     ]
 
 
@@ -353,11 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         transcripts: dict[str, dict[str, str]] = {}
         for name, clips in sets:
-            long_form = name == LONG_FORM
-            taking = [
-                s for s in systems
-                if s.name.startswith("server") or (s.name == LONG_FORM_TRANSFORMERS) == long_form
-            ]  # fmt: skip
+            kind = "long" if name == LONG_FORM else "short"
+            taking = [s for s in systems if s.sets in ("all", kind)]
             rows += run_set(name, clips, taking, english if name.endswith(" en") else basic)
             for system in taking:
                 transcripts.setdefault(system.name, {}).update(
