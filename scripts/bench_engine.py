@@ -34,7 +34,7 @@ from spec_whisper.cost_model import BATCHES, TOKENS, PassCosts, synchronize  # n
 from spec_whisper.engine import SpeculativeWhisper  # noqa: E402
 from spec_whisper.heads import FullHead, ScreenedHead  # noqa: E402
 from spec_whisper.linear import use_int8_activations  # noqa: E402
-from spec_whisper.logit_filters import apply_filters  # noqa: E402
+from spec_whisper.logit_filters import Positions, apply_filters  # noqa: E402
 from spec_whisper.types import DecodingOptions  # noqa: E402
 
 
@@ -319,9 +319,11 @@ def best_ms(run: Callable[[], object], rounds: int, warm_up: bool = True) -> flo
 def filters_at(
     engine: SpeculativeWhisper, generated: int, logits: torch.Tensor, ids: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The engine's logit filters for a pass whose first position follows `generated` tokens."""
-    counts = torch.full(logits.shape[:2], generated) + torch.arange(logits.shape[1])
-    return apply_filters(engine.filters, logits, counts, ids)
+    """The engine's logit filters (none reads the tokens themselves) for a pass whose first
+    position follows `generated` tokens."""
+    batch, count = logits.shape[:2]
+    placeholder = torch.zeros(batch, generated + count, dtype=torch.long)
+    return apply_filters(engine.filters, logits, Positions.teacher_forced(placeholder, generated, count), ids)
 
 
 @dataclass

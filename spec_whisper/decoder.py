@@ -282,10 +282,19 @@ class WhisperDecoderRunner:
         """Logits `[B, T, vocab]` for `tokens [B, T]` placed at positions `start[b] + t`."""
         return self.head.logits(self.states(tokens, start, cache))
 
-    def greedy(self, tokens: Tensor, start: Tensor, cache: DecoderCache, mask: Mask, last: int) -> Tensor:
+    def greedy(
+        self,
+        tokens: Tensor,
+        start: Tensor,
+        cache: DecoderCache,
+        mask: Mask,
+        last: int,
+        every_logit: bool = False,
+    ) -> Tensor:
         """Greedy tokens `[B, last]` after the last `last` of `tokens` (as `forward`), once `mask`
-        has forbidden what the logit filters forbid; the head may skip logits that cannot win."""
-        return self.head.greedy(self.states(tokens, start, cache)[:, -last:], mask)
+        has forbidden what the logit filters forbid; the head may skip logits that cannot win, unless
+        `every_logit` (a filter reads them all: `logit_filters.reads_every_logit`)."""
+        return self.head.greedy(self.states(tokens, start, cache)[:, -last:], mask, every_logit)
 
     def draft(
         self, tokens: Tensor, start: Tensor, cache: DecoderCache, mask: Mask, head: Head | None = None

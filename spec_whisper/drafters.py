@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -37,9 +36,10 @@ _STEADY_WIDTH = 2
 
 
 class Drafter(Protocol):
-    def propose(self, seq: Tensor, length: Tensor, room: int, filters) -> Tensor:
+    def propose(self, seq: Tensor, length: Tensor, room: int, masks) -> Tensor:
         """Draft tokens `[B, k]` continuing `seq[b, :length[b]]` for every row, `0 <= k <= room`
-        (`k = 0`: the next verify pass is a plain greedy step)."""
+        (`k = 0`: the next verify pass is a plain greedy step). `masks(drafts, 1)`: the logit filters'
+        mask for the position after the drafts made so far."""
 
     def observe(self, n_accepted: Tensor, k: int, timed: PassTime | None = None) -> None:
         """Learn from how many of the `k` drafted tokens each row accepted, and what the pass cost."""
@@ -221,7 +221,7 @@ class AssistantDrafter:
         self._first_s = 0.0  # the last pass's drafting up to the end of its first step
         self._catch_up_s = 0.0  # the last pass's feeding of tokens the assistant missed
 
-    def propose(self, seq: Tensor, length: Tensor, room: int, filters) -> Tensor:
+    def propose(self, seq: Tensor, length: Tensor, room: int, masks) -> Tensor:
         began = time.perf_counter()
         if min(self.policy.current(), room) == 0:
             return seq.new_empty(len(length), 0)
@@ -240,7 +240,7 @@ class AssistantDrafter:
         expected = float(len(length))
         while len(drafts) < room:
             i = len(drafts)
-            mask = partial(filters, offset=i)
+            mask = masks(torch.cat(drafts, dim=1).cpu() if drafts else seq.new_empty(len(length), 0), 1)
             tokens, probability = self.runner.draft(tokens, start, self.cache, mask, self.head)
             if not drafts:  # the first step pays for the time since the assistant last ran: priced apart
                 self._first_s = time.perf_counter() - began - self._catch_up_s

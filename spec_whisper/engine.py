@@ -31,7 +31,8 @@ from .encoder import WhisperEncoderRunner
 from .features import HOP_LENGTH, N_FRAMES, LogMelSpectrogram
 from .linear import FastLinear, prepacking_pays_for_many_rows
 from .loading import AssistantEncoder, LoadedModels, load_models
-from .logit_filters import LogitFilter, SuppressAtBegin, SuppressTokens
+from .logit_filters import LogitFilter, SuppressAtBegin, SuppressTokens, TimestampRules
+from .longform import LongTranscription, transcribe_long
 from .speculative import DecodeRequest, generate
 from .tokens import SpecialTokens
 from .types import DecodingOptions, DecodingStats, Transcription
@@ -147,6 +148,12 @@ class SpeculativeWhisper:
             SuppressTokens(self.tokens.suppress),
             SuppressAtBegin(self.tokens.begin_suppress),
         ]
+        t = self.tokens
+        # In transformers' order: its timestamp processor runs after the suppressions.
+        self.timestamp_filters = [
+            *self.filters,
+            TimestampRules(t.timestamp_begin, t.no_timestamps, t.end_of_text, t.max_initial_timestamp),
+        ]
 
     @classmethod
     def load(
@@ -234,9 +241,9 @@ class SpeculativeWhisper:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, opts in enumerate(options):
             speculative = opts.speculative and self.assistant is not None
-            groups[(speculative, opts.draft_length, opts.adaptive_draft)].append(i)
+            groups[(speculative, opts.draft_length, opts.adaptive_draft, opts.timestamps)].append(i)
         results: list[Transcription | None] = [None] * len(options)
-        for (speculative, draft_length, adaptive), rows in groups.items():
+        for (speculative, draft_length, adaptive, timestamps), rows in groups.items():
             group = [options[i] for i in rows]
             decoded = self._decode_group(
                 states.rows(torch.tensor(rows, device=states.main.device)),
@@ -244,6 +251,7 @@ class SpeculativeWhisper:
                 speculative,
                 draft_length,
                 adaptive,
+                timestamps,
             )
             for i, result in zip(rows, decoded, strict=True):
                 results[i] = result
@@ -256,6 +264,7 @@ class SpeculativeWhisper:
         speculative: bool,
         draft_length: int | None,
         adaptive: bool,
+        timestamps: bool = False,
     ) -> list[Transcription]:
         began = time.perf_counter()
         batch = len(options)
@@ -268,7 +277,7 @@ class SpeculativeWhisper:
             languages = [o.language or d for o, d in zip(options, detected, strict=True)]
             cached = 1
         prompt = torch.tensor(
-            [self.tokens.prompt(lang, o.task) for lang, o in zip(languages, options, strict=True)]
+            [self.tokens.prompt(lang, o.task, timestamps) for lang, o in zip(languages, options, strict=True)]
         )
         limit = prompt.shape[1] + torch.tensor([o.max_new_tokens for o in options])
         drafter, policy = None, None
@@ -278,6 +287,8 @@ class SpeculativeWhisper:
             policy = self.length_policy(batch, draft_length, adaptive, languages)
             with self.turns():
                 assistant_cache = self.assistant.new_cache(own, cache, self.assistant_frames(states))
+            # Its shortlist holds no timestamps: distilled without them, it drafted them badly (with
+            # them added, more main passes on the 203 s recording), so a draft ends where one is due.
             head = self.assistant.head_for(languages)
             drafter = AssistantDrafter(self.assistant, assistant_cache, policy, head)
         decoding = time.perf_counter()
@@ -285,7 +296,7 @@ class SpeculativeWhisper:
             self.main,
             cache,
             DecodeRequest(prompt, limit, cached),
-            self.filters,
+            self.timestamp_filters if timestamps else self.filters,
             self.tokens.end_of_text,
             drafter,
             self.turns,
@@ -407,6 +418,13 @@ class SpeculativeWhisper:
         for r in results:
             r.stats.features_s, r.stats.encoder_s = featured - began, encoded - featured
         return results
+
+    def transcribe_long(
+        self, recordings: Sequence[np.ndarray], options: DecodingOptions | None = None
+    ) -> list[LongTranscription]:
+        """Recordings of any length, in sequential 30 s windows that seek on timestamps, with the
+        tokens of transformers' long-form `generate()` (`longform.py`)."""
+        return transcribe_long(self, recordings, options or DecodingOptions())
 
 
 def _release_unused(models: LoadedModels, stages: frozenset[str]) -> None:

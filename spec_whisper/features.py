@@ -59,13 +59,24 @@ class LogMelSpectrogram(torch.nn.Module):
         # Zero padding is silence, the same as the reference extractor pads with.
         length = audio.shape[-1]
         audio = F.pad(audio, (0, N_SAMPLES - length)) if length < N_SAMPLES else audio[:, :N_SAMPLES]
+        return self._log_mel(audio)
 
+    def _log_mel(self, audio: torch.Tensor) -> torch.Tensor:
+        """[B, samples] -> [B, n_mels, samples // HOP_LENGTH]."""
         stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)
-        power = stft[..., :-1].abs() ** 2  # [B, 201, 3000]
+        power = stft[..., :-1].abs() ** 2  # [B, 201, frames]
         log_mel = (self.filters @ power).clamp(min=1e-10).log10()
         # Per clip, so a loud clip does not raise the floor of a quiet one in the same batch.
         floor = log_mel.amax(dim=(1, 2), keepdim=True) - 8.0
         return (torch.maximum(log_mel, floor) + 4.0) / 4.0
+
+    @torch.inference_mode()
+    def whole(self, clip: np.ndarray) -> torch.Tensor:
+        """[n_mels, len(clip) // HOP_LENGTH] features of a whole recording, its range limited below
+        its own loudest frame (as `WhisperFeatureExtractor(truncation=False)` computes them for
+        transformers' long-form decoding), for windows to be cut from."""
+        audio = torch.from_numpy(np.asarray(clip, dtype=np.float32)).to(self.device)
+        return self._log_mel(audio[None])[0]
 
     @torch.inference_mode()
     def from_pcm(self, clips: Sequence[np.ndarray]) -> torch.Tensor:

@@ -31,7 +31,7 @@ class FullHead:
     def logits(self, states: Tensor) -> Tensor:
         return self.linear(states)
 
-    def greedy(self, states: Tensor, mask: Mask) -> Tensor:
+    def greedy(self, states: Tensor, mask: Mask, every_logit: bool = False) -> Tensor:
         return mask(self.logits(states)).argmax(-1)
 
     def draft(self, states: Tensor, mask: Mask) -> tuple[Tensor, Tensor]:
@@ -41,8 +41,10 @@ class FullHead:
 
 def _choice(logits: Tensor) -> tuple[Tensor, Tensor]:
     best, token = logits.max(dim=-1)
-    # The softmax probability of the best: 1 / sum(exp(l - best)), without a second max.
-    return token, torch.exp(logits - best[..., None]).sum(dim=-1).reciprocal_()
+    # The softmax probability of the best: 1 / sum(exp(l - best)), without a second max. A position
+    # whose filters forbade every scored token (a shortlist without the timestamp due) gets 0.
+    probability = torch.exp(logits - best[..., None]).sum(dim=-1).reciprocal_()
+    return token, probability.nan_to_num_(0.0)
 
 
 class ShortlistHead:
@@ -61,7 +63,7 @@ class ShortlistHead:
         full = scores.new_full((*scores.shape[:-1], self.vocab_size), -torch.inf)
         return full.index_copy_(-1, self.shortlist, scores)
 
-    def greedy(self, states: Tensor, mask: Mask) -> Tensor:
+    def greedy(self, states: Tensor, mask: Mask, every_logit: bool = False) -> Tensor:
         return self.draft(states, mask)[0]
 
     def draft(self, states: Tensor, mask: Mask) -> tuple[Tensor, Tensor]:
@@ -106,9 +108,10 @@ class ScreenedHead(FullHead):
     def available(weight: Tensor) -> bool:
         return FewRowsLinear.available(weight)
 
-    def greedy(self, states: Tensor, mask: Mask) -> Tensor:
+    def greedy(self, states: Tensor, mask: Mask, every_logit: bool = False) -> Tensor:
+        """`every_logit`: the mask reads every logit (a probability rule), so all are scored in fp32."""
         rows = states.reshape(-1, states.shape[-1])
-        if len(rows) > self.max_rows:
+        if every_logit or len(rows) > self.max_rows:
             return super().greedy(states, mask)
         scores = mask(self.screen(states)).reshape(len(rows), -1).contiguous()
         rows = rows.contiguous()

@@ -1,20 +1,65 @@
-"""Rules applied to the logits before each greedy choice, per verified position."""
+"""Rules applied to the logits before each greedy choice, per scored position."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = ["LogitFilter", "SuppressAtBegin", "SuppressTokens", "apply_filters"]
+__all__ = [
+    "LogitFilter",
+    "Positions",
+    "SuppressAtBegin",
+    "SuppressTokens",
+    "TimestampRules",
+    "apply_filters",
+    "reads_every_logit",
+]
+
+
+@dataclass(frozen=True)
+class Positions:
+    """The positions one pass scores. Position t of row b follows `tokens[b, :ends[b, t]]`, of which
+    those from `begin` on were generated: a speculative pass scores each position after the drafts
+    before it, so a filter judges it as greedy decoding would."""
+
+    tokens: Tensor  # [B, S] on the host: the prompt, the tokens decided, then any drafts
+    ends: Tensor  # [B, T]
+    begin: int
+
+    @property
+    def generated(self) -> Tensor:
+        return self.ends - self.begin
+
+    @classmethod
+    def after(cls, seq: Tensor, length: Tensor, begin: int, drafts: Tensor, count: int) -> Positions:
+        """The last `count` of the positions after each row's `seq[b, :length[b]]` and its `drafts [B, k]`
+        (`count = k + 1`: a verify pass; `count = 1`: the next draft step)."""
+        k = drafts.shape[1]
+        if k:
+            seq = seq.clone()
+            seq.scatter_(1, length[:, None] + torch.arange(k), drafts.to(seq.device))
+        return cls(seq, length[:, None] + (k + 1 - count) + torch.arange(count), begin)
+
+    @classmethod
+    def teacher_forced(cls, tokens: Tensor, begin: int, count: int) -> Positions:
+        """The first `count` positions after the prompt `tokens[:, :begin]`, each after the tokens of
+        `tokens [B, S]` before it: one pass over known transcripts."""
+        return cls(tokens, begin + torch.arange(count).expand(tokens.shape[0], count), begin)
 
 
 class LogitFilter(Protocol):
-    def apply(self, logits: Tensor, generated: Tensor, ids: Tensor | None = None) -> None:
-        """Edit `logits [B, T, n]` in place; `generated [B, T]` counts the tokens generated before each
-        position, so a speculative pass filters each position as greedy would. `ids`: the vocabulary
-        ids of the last dimension when it holds only some (an assistant's shortlist), else None."""
+    def apply(self, logits: Tensor, positions: Positions, ids: Tensor | None = None) -> None:
+        """Edit `logits [B, T, n]` in place for the scored `positions`. `ids`: the vocabulary ids of the
+        last dimension when it holds only some (an assistant's shortlist), else None."""
+
+
+def reads_every_logit(filters: list[LogitFilter]) -> bool:
+    """Whether a filter needs every exact logit, not only the argmax's (a probability rule): the
+    main model's screened head then scores the whole vocabulary in fp32."""
+    return any(getattr(f, "reads_every_logit", False) for f in filters)
 
 
 class _Columns:
@@ -40,7 +85,7 @@ class SuppressTokens:
     def __init__(self, tokens: tuple[int, ...]) -> None:
         self.columns = _Columns(tokens)
 
-    def apply(self, logits: Tensor, generated: Tensor, ids: Tensor | None = None) -> None:
+    def apply(self, logits: Tensor, positions: Positions, ids: Tensor | None = None) -> None:
         logits.index_fill_(-1, self.columns(ids, logits.device), -torch.inf)
 
 
@@ -50,16 +95,78 @@ class SuppressAtBegin:
     def __init__(self, tokens: tuple[int, ...]) -> None:
         self.columns = _Columns(tokens)
 
-    def apply(self, logits: Tensor, generated: Tensor, ids: Tensor | None = None) -> None:
-        first = generated == 0  # on the host, where decoding keeps its counts: no wait for the device
+    def apply(self, logits: Tensor, positions: Positions, ids: Tensor | None = None) -> None:
+        first = positions.generated == 0  # on the host, where decoding keeps its counts: no device wait
         if first.any():
             columns, first = self.columns(ids, logits.device), first.to(logits.device)
             logits[first] = logits[first].index_fill_(-1, columns, -torch.inf)
 
 
+class TimestampRules:
+    """Whisper's timestamp grammar, as transformers' `WhisperTimeStampLogitsProcessor` applies it, so
+    that both choose the same tokens (OpenAI's `ApplyTimestampRules` with its later fixes):
+
+    - never `<|notimestamps|>`; the first token is a timestamp of at most `max_initial` steps;
+    - timestamps come in pairs (a segment's end, the next one's start), except just before the end of
+      text: after a lone timestamp only a timestamp or the end, after a pair only text;
+    - timestamps never go back, and a new pair starts after the last one;
+    - where the timestamps together are likelier than any single text token, a timestamp.
+
+    The last rule reads the softmax of every logit, so the main model's screened head, which knows
+    only the argmax exactly, gives way to the fp32 one (`reads_every_logit`). Over a shortlist the
+    rules see only its tokens: an assistant's drafts need not be exact."""
+
+    reads_every_logit = True
+
+    def __init__(self, timestamp_begin: int, no_timestamps: int, end_of_text: int, max_initial: int | None):
+        self.timestamp_begin = timestamp_begin
+        self.no_timestamps = no_timestamps
+        self.end_of_text = end_of_text
+        self.max_initial = max_initial
+
+    def apply(self, logits: Tensor, positions: Positions, ids: Tensor | None = None) -> None:
+        device, begin = logits.device, self.timestamp_begin
+        vocab = torch.arange(logits.shape[-1], device=device) if ids is None else ids.to(device)
+        is_stamp, is_text = vocab >= begin, vocab < self.end_of_text
+        logits.masked_fill_(vocab == self.no_timestamps, -torch.inf)
+
+        tokens, ends, generated = positions.tokens, positions.ends, positions.generated
+        before = tokens.gather(1, (ends - 1).clamp(min=0))
+        last_stamped = (generated >= 1) & (before >= begin)
+        penultimate_stamped = (generated < 2) | (tokens.gather(1, (ends - 2).clamp(min=0)) >= begin)
+        # Where the latest generated timestamp before each position sits (-1: none yet).
+        column = torch.arange(tokens.shape[1])
+        stamps = torch.where((tokens >= begin) & (column >= positions.begin), column, -1).cummax(1).values
+        latest = stamps.gather(1, (ends - 1).clamp(min=0)).masked_fill(generated == 0, -1)
+        latest_token = tokens.gather(1, latest.clamp(min=0))
+        lowest = torch.where(
+            latest < 0,
+            begin,
+            torch.where(last_stamped & ~penultimate_stamped, latest_token, latest_token + 1),
+        )
+        forbid = (last_stamped & penultimate_stamped)[..., None] & is_stamp  # a pair: text next
+        forbid |= (last_stamped & ~penultimate_stamped)[..., None] & is_text  # a lone stamp: stamp or end
+        forbid |= is_stamp & (vocab < lowest[..., None])
+        first = generated == 0
+        if first.any():
+            opening = ~is_stamp
+            if self.max_initial is not None:
+                opening = opening | (vocab > begin + self.max_initial)
+            forbid |= first[..., None] & opening
+        logits.masked_fill_(forbid.to(device), -torch.inf)
+
+        below = vocab < begin  # transformers' "text" here: every token before the timestamps
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        stamp_logprob = logprobs[..., is_stamp].logsumexp(dim=-1)
+        best_text = (
+            logprobs[..., below].amax(dim=-1) if below.any() else torch.full_like(stamp_logprob, -torch.inf)
+        )
+        logits.masked_fill_((stamp_logprob > best_text)[..., None] & below, -torch.inf)
+
+
 def apply_filters(
-    filters: list[LogitFilter], logits: Tensor, generated: Tensor, ids: Tensor | None = None
+    filters: list[LogitFilter], logits: Tensor, positions: Positions, ids: Tensor | None = None
 ) -> Tensor:
     for f in filters:
-        f.apply(logits, generated, ids)
+        f.apply(logits, positions, ids)
     return logits

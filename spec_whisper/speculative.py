@@ -22,7 +22,7 @@ from torch import Tensor
 from .cost_model import PassTime
 from .decoder import DecoderCache, WhisperDecoderRunner, compaction_order
 from .drafters import MAX_DRAFT, Drafter
-from .logit_filters import LogitFilter, apply_filters
+from .logit_filters import LogitFilter, Positions, apply_filters, reads_every_logit
 from .types import DecodingStats
 
 __all__ = ["DecodeRequest", "generate"]
@@ -35,14 +35,14 @@ class DecodeRequest:
     cached: int = 0  # prompt tokens already in the main cache (1 after language detection)
 
 
-def _filter_at(
-    filters: list[LogitFilter],
-    generated: Tensor,
-    logits: Tensor,
-    ids: Tensor | None = None,
-    offset: int | Tensor = 0,
-) -> Tensor:
-    return apply_filters(filters, logits, generated[:, None] + offset, ids)
+def _masks(filters: list[LogitFilter], seq: Tensor, length: Tensor, begin: int, drafts: Tensor, count: int):
+    """The mask (`heads.Mask`) of the last `count` positions after each row's tokens and `drafts`."""
+    positions = Positions.after(seq, length, begin, drafts, count)
+    return partial(_filtered, filters, positions)
+
+
+def _filtered(filters: list[LogitFilter], positions: Positions, logits: Tensor, ids: Tensor | None = None):
+    return apply_filters(filters, logits, positions, ids)
 
 
 def generate(
@@ -66,20 +66,21 @@ def generate(
     histogram = torch.zeros(batch, MAX_DRAFT + 1, dtype=torch.long)
     results: list[list[int]] = [[] for _ in range(batch)]
     pending = prompt_len - request.cached
+    every_logit = reads_every_logit(filters)
     while rows.numel():
-        filter_at = partial(_filter_at, filters, length - prompt_len)
+        masks = partial(_masks, filters, seq, length, prompt_len)
         with turn():
             # 1. Draft, never past the last cache slot.
             began = time.perf_counter()
             room = main.max_positions - int(length.max())
-            draft = drafter.propose(seq, length, room, filter_at) if drafter else seq.new_empty(len(rows), 0)
+            draft = drafter.propose(seq, length, room, masks) if drafter else seq.new_empty(len(rows), 0)
             k = draft.shape[1]
             drafted = time.perf_counter()
             # 2. Verify the pending token(s) plus the drafts in one forward.
             start = length - pending
             tokens = torch.cat([seq.gather(1, start[:, None] + torch.arange(pending)), draft], dim=1)
-            mask = partial(filter_at, offset=torch.arange(k + 1))
-            greedy = main.greedy(tokens, start, cache, mask, k + 1).cpu()
+            mask = masks(draft, k + 1)
+            greedy = main.greedy(tokens, start, cache, mask, k + 1, every_logit).cpu()
             verified = time.perf_counter()
         # 3. Each row keeps its drafts up to its first mismatch, plus the main model's next token.
         n_accepted = (draft == greedy[:, :k]).cumprod(dim=1).sum(dim=1)

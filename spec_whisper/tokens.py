@@ -21,6 +21,8 @@ class SpecialTokens:
     suppress: tuple[int, ...]
     # Never the first generated token (blank, end-of-text).
     begin_suppress: tuple[int, ...]
+    # The most 0.02 s steps the first timestamp may be (50: 1 s), or None.
+    max_initial_timestamp: int | None = None
 
     @classmethod
     def from_generation_config(cls, config: Any) -> SpecialTokens:
@@ -33,7 +35,13 @@ class SpecialTokens:
             tasks=dict(getattr(config, "task_to_id", None) or {}),
             suppress=tuple(getattr(config, "suppress_tokens", None) or ()),
             begin_suppress=tuple(getattr(config, "begin_suppress_tokens", None) or ()),
+            max_initial_timestamp=getattr(config, "max_initial_timestamp_index", None),
         )
+
+    @property
+    def timestamp_begin(self) -> int:
+        """`<|0.00|>`; the timestamps follow it in 0.02 s steps up to `<|30.00|>`."""
+        return self.no_timestamps + 1
 
     @property
     def multilingual(self) -> bool:
@@ -54,9 +62,11 @@ class SpecialTokens:
     def language_of(self, token: int) -> str:
         return next((code for code, i in self.languages.items() if i == token), "en")
 
-    def prompt(self, language: str, task: str) -> list[int]:
-        """`<|startoftranscript|><|lang|><|task|><|notimestamps|>` (no language/task if English-only)."""
+    def prompt(self, language: str, task: str, timestamps: bool = False) -> list[int]:
+        """`<|startoftranscript|><|lang|><|task|><|notimestamps|>` (no language/task if English-only;
+        no `<|notimestamps|>` when decoding timestamps)."""
+        ending = [] if timestamps else [self.no_timestamps]
         if not self.multilingual:
-            return [self.start_of_transcript, self.no_timestamps]
+            return [self.start_of_transcript, *ending]
         self.check_language(language)
-        return [self.start_of_transcript, self.languages[language], self.tasks[task], self.no_timestamps]
+        return [self.start_of_transcript, self.languages[language], self.tasks[task], *ending]

@@ -20,16 +20,20 @@ class DecodingOptions:
     draft_length: int | None = None
     # With a draft_length: start there, grow by 2 after a fully accepted draft and shrink by 1 otherwise.
     adaptive_draft: bool = True
-    # Upper bound on generated tokens, not counting the prompt.
-    max_new_tokens: int = 444
+    # Upper bound on generated tokens, not counting the prompt; the decoder's 448 positions also bound
+    # them, prompt included (444 after the 4-token prompt, 445 after the 3 of timestamp decoding).
+    max_new_tokens: int = 445
+    # Decode Whisper's timestamp tokens (`<|0.00|>` ... `<|30.00|>`) among the text, as it was trained to
+    # (the prompt drops `<|notimestamps|>`); long-form transcription seeks on them.
+    timestamps: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
         if self.draft_length is not None and not 0 <= self.draft_length <= 16:
             raise ValueError(f"draft_length must be in [0, 16], got {self.draft_length}")
-        if not 1 <= self.max_new_tokens <= 444:
-            raise ValueError(f"max_new_tokens must be in [1, 444], got {self.max_new_tokens}")
+        if not 1 <= self.max_new_tokens <= 445:
+            raise ValueError(f"max_new_tokens must be in [1, 445], got {self.max_new_tokens}")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..engine import SpeculativeWhisper
-from ..logit_filters import apply_filters
+from ..logit_filters import Positions, apply_filters
 from ..types import DecodingOptions
 from .config import DistilConfig, _digest
 from .speech import Clip
@@ -82,7 +82,7 @@ def _label_batch(engine: SpeculativeWhisper, clips: list[Clip], config: DistilCo
     for r, x in enumerate(kept.inputs):
         p = kept.prompt_lens[r]
         row = logits[r, p - 1 : len(x)].clone()[None]
-        apply_filters(engine.filters, row, torch.arange(row.shape[1])[None])
+        apply_filters(engine.filters, row, Positions.teacher_forced(x[None], p, row.shape[1]))
         probs = row[0].float().softmax(-1)
         top_p, top_i = probs.topk(config.top_k, dim=-1)
         kept.top_p.append(top_p.half())

@@ -17,7 +17,7 @@ from transformers import WhisperForCausalLM, WhisperForConditionalGeneration
 
 from ..decoder import cross_attention_kv_parameters
 from ..engine import SpeculativeWhisper
-from ..logit_filters import apply_filters
+from ..logit_filters import Positions, apply_filters
 from .config import DistilConfig
 from .labelling import LabelledSet
 
@@ -242,7 +242,7 @@ def evaluate_acceptance(
             input_ids=x[None], encoder_hidden_states=data.states[i : i + 1].float(), use_cache=False
         ).last_hidden_state[:, p - 1 :]
         logits = F.linear(hidden, weight)
-        apply_filters(engine.filters, logits, torch.arange(logits.shape[1])[None])
+        apply_filters(engine.filters, logits, Positions.teacher_forced(x[None], p, logits.shape[1]))
         labels = torch.cat([x[p:], torch.tensor([engine.tokens.end_of_text])])
         total += len(labels)
         for name in shortlists:

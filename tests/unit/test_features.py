@@ -91,3 +91,17 @@ def test_matches_on_cuda(clips: list[np.ndarray], n_mels: int) -> None:
     ours = LogMelSpectrogram(n_mels, device="cuda").from_pcm(clips)
     assert ours.device.type == "cuda"
     np.testing.assert_allclose(ours.cpu().numpy(), _reference(clips, n_mels), rtol=0, atol=TOLERANCE)
+
+
+def test_a_whole_recording_has_the_features_of_transformers_long_form_extraction(speech_dir: Path) -> None:
+    # 75 s of the long-form recording: several windows' worth, normalised over all of it, not per window.
+    pcm = decode_audio(speech_dir / "longform/librispeech_test_other_2609-156975_3080-5032_concat.flac")
+    pcm = pcm[: 75 * 16000 + 123]  # not a whole number of frames
+    expected = WhisperFeatureExtractor()(
+        pcm, sampling_rate=16000, return_tensors="np", truncation=False, padding="longest"
+    ).input_features[0]
+    ours = LogMelSpectrogram().whole(pcm).numpy()
+    assert ours.shape == expected.shape == (80, len(pcm) // 160)
+    np.testing.assert_allclose(ours, expected, atol=TOLERANCE)
+    per_window = LogMelSpectrogram().from_pcm([pcm[30 * 16000 :]])[0].numpy()
+    assert np.abs(per_window - expected[:, 3000:6000]).max() > 10 * TOLERANCE  # the range differs
