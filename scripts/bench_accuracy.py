@@ -4,10 +4,10 @@
     python scripts/bench_accuracy.py --limit 2                       # a quick look: 2 clips per set
 
 Sets: the English LibriSpeech test-other clips, then each FLEURS language on its own, and with
-`--sets long` the 203 s long-form recording. The server cuts that into overlapping 30 s windows and
-decodes them as one batch; beside it runs transformers' own long-form `generate()` (sequential 30 s
-windows, each starting where the last one's final timestamp ended), the other systems sitting it out
-since they read 30 s at most. Each clip goes
+`--sets long` the 203 s long-form recording. The `whisper` ensemble cuts that into overlapping 30 s
+windows and decodes them as one batch; `whisper_long` decodes sequential 30 s windows, each starting
+where the last one's final timestamp ended, as transformers' own long-form `generate()` does, which
+runs beside them; the other systems sit it out since they read 30 s at most. Each clip goes
 through the embedded Triton server one request at a time (nothing else in flight), SPECULATIVE off
 and on, and, in the same process and on the same clips and weights, through transformers
 (`generate()` and `generate(assistant_model=...)`) and CTranslate2 (float32 and int8, greedy, on
@@ -136,6 +136,14 @@ def server_system(client: WhisperClient, speculative: bool) -> System:
         return Output(r.tokens, r.text, r.drafted, r.accepted)
 
     return System(f"server {'speculative' if speculative else 'plain'}", transcribe, sets="all")
+
+
+def sequential_system(client: WhisperClient, speculative: bool) -> System:
+    """`whisper_long`: sequential windows that seek on timestamps (its tokens carry them)."""
+    mode = "speculative" if speculative else "plain"
+    return System(
+        f"server whisper_long (sequential) {mode}", server_system(client, speculative).transcribe, "long"
+    )
 
 
 def transformers_systems(main: Path, assistant: Path) -> list[System]:
@@ -347,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
             url = stack.enter_context(embedded_server(args.main, args.assistant, "fp32", log)).grpc_url
         client = stack.enter_context(WhisperClient(url, retries=0, timeout_s=600))
         systems = [server_system(client, speculative=False), server_system(client, speculative=True)]
+        if any(name == LONG_FORM for name, _ in sets):
+            long_client = stack.enter_context(
+                WhisperClient(url, model="whisper_long", retries=0, timeout_s=600)
+            )
+            systems += [sequential_system(long_client, speculative) for speculative in (False, True)]
         if not args.no_transformers:
             systems += transformers_systems(args.main, args.assistant)
         if not args.no_ctranslate2:

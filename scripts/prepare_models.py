@@ -112,7 +112,7 @@ def write_repository(
         "max_audio_seconds": f"{max_audio_seconds:g}",
         "cpu_turns": cpu_turns,
     }
-    for model in ("whisper_features", "whisper_encoder", "whisper_decoder"):
+    for model in ("whisper_features", "whisper_encoder", "whisper_decoder", "whisper_long"):
         path = repository / model / "config.pbtxt"
         config = path.read_text()
         for key, value in settings.items():

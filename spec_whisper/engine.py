@@ -397,7 +397,11 @@ class SpeculativeWhisper:
         return [self.tokens.language_of(int(t)) for t in best]
 
     def text(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip() if self.tokenizer else ""
+        """The words of `tokens`, special tokens and timestamps left out."""
+        if self.tokenizer is None:
+            return ""
+        words = [t for t in tokens if t < self.tokens.timestamp_begin]
+        return self.tokenizer.decode(words, skip_special_tokens=True).strip()
 
     def transcribe(
         self,

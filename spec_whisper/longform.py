@@ -12,8 +12,8 @@ tokens are the same, window for window (tests/slow/test_exactness_long_form.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +26,7 @@ from .types import DecodingOptions, DecodingStats
 if TYPE_CHECKING:
     from .engine import SpeculativeWhisper
 
-__all__ = ["LongTranscription", "Segment", "split_segments", "transcribe_long"]
+__all__ = ["LongTranscription", "SeekingWindows", "Segment", "split_segments", "transcribe_long"]
 
 SECONDS_PER_STAMP = 0.02  # one timestamp step
 FRAMES_PER_STAMP = 2  # mel frames (10 ms each) per timestamp step
@@ -55,20 +55,47 @@ class LongTranscription:
         return [t for s in self.segments for t in s.tokens]
 
 
-@dataclass
-class _Recording:
-    features: torch.Tensor  # [n_mels, frames]
-    frames: int
-    seek: int = 0  # the first frame of the next window
-    language: str | None = None
-    segments: list[Segment] = field(default_factory=list)
-    stats: list[DecodingStats] = field(default_factory=list)
+class SeekingWindows:
+    """One recording's sequential windows: where the next one starts, and the segments found so far.
 
-    def window(self) -> tuple[torch.Tensor, int]:
-        """The next window's features, zero-padded to 30 s as transformers pads them, and its frames."""
+    `next_window()` cuts the features of the next 30 s window (zero-padded past the end, as
+    transformers pads them); `advance(tokens)` takes that window's decoded tokens, keeps its
+    complete segments and seeks past them (`split_segments`)."""
+
+    def __init__(self, features: torch.Tensor, timestamp_begin: int) -> None:
+        self.features = features  # [n_mels, frames] of the whole recording (`LogMelSpectrogram.whole`)
+        self.frames = features.shape[1]
+        self.timestamp_begin = timestamp_begin
+        self.seek = 0  # the first frame of the next window
+        self.segments: list[Segment] = []
+        self.windows: list[tuple[float, float]] = []  # seconds each decoded window covered
+
+    @property
+    def done(self) -> bool:
+        return self.seek >= self.frames
+
+    def next_window(self) -> tuple[torch.Tensor, int]:
+        """`[n_mels, 3000]` features of the next window and the frames of audio in it."""
         count = min(N_FRAMES, self.frames - self.seek)
         part = self.features[:, self.seek : self.seek + count]
         return F.pad(part, (0, N_FRAMES - count)), count
+
+    def advance(self, tokens: Sequence[int], text: Callable[[list[int]], str] | None = None) -> list[Segment]:
+        """Record the window just decoded (end of text excluded) and seek on; its new segments, with
+        their `text` when a detokenizer is given."""
+        count = min(N_FRAMES, self.frames - self.seek)
+        offset = self.seek * FRAME_SECONDS
+        segments, advance = split_segments(tokens, self.timestamp_begin, offset, count)
+        if text is not None:
+            segments = [replace(s, text=text(s.tokens)) for s in segments]
+        self.segments += segments
+        self.windows.append((offset, offset + count * FRAME_SECONDS))
+        self.seek += advance
+        return segments
+
+    @property
+    def tokens(self) -> list[int]:
+        return [t for s in self.segments for t in s.tokens]
 
 
 def split_segments(
@@ -112,39 +139,34 @@ def transcribe_long(
     every recording not yet finished, as one batch. A recording's language, when not given, is
     detected from its first window and kept for the rest."""
     began = time.perf_counter()
-    states = [_Recording(f, f.shape[1]) for f in (engine.features.whole(pcm) for pcm in recordings)]
+    begin = engine.tokens.timestamp_begin
+    seekers = [SeekingWindows(engine.features.whole(pcm), begin) for pcm in recordings]
     featured = time.perf_counter()
     options = replace(options, timestamps=True)
-    begin = engine.tokens.timestamp_begin
+    languages: list[str | None] = [options.language] * len(seekers)
+    stats: list[list[DecodingStats]] = [[] for _ in seekers]
     encoder_s = 0.0
-    while active := [r for r in states if r.seek < r.frames]:
-        cut = [r.window() for r in active]
+    while active := [i for i, s in enumerate(seekers) if not s.done]:
+        cut = [seekers[i].next_window() for i in active]
         encoding = time.perf_counter()
         encoded = engine.encode(torch.stack([mel for mel, _ in cut]), [n * HOP_LENGTH for _, n in cut])
         encoder_s += time.perf_counter() - encoding
-        asked = [replace(options, language=r.language or options.language) for r in active]
-        results = engine.decode(encoded, asked)
-        for recording, (_, count), result in zip(active, cut, results, strict=True):
-            segments, advance = split_segments(result.tokens, begin, recording.seek * FRAME_SECONDS, count)
-            recording.segments += [replace(s, text=_text(engine, s.tokens)) for s in segments]
-            recording.stats.append(result.stats)
-            recording.language = result.language
-            recording.seek += advance
+        results = engine.decode(encoded, [replace(options, language=languages[i]) for i in active])
+        for i, result in zip(active, results, strict=True):
+            seekers[i].advance(result.tokens, engine.text)
+            stats[i].append(result.stats)
+            languages[i] = result.language
     features_s, total_s = featured - began, time.perf_counter() - began
     return [
         LongTranscription(
-            _text(engine, [t for s in r.segments for t in s.tokens]),
-            r.segments,
-            r.language or options.language or "en",
-            _summed(r.stats, features_s, encoder_s, total_s - features_s - encoder_s),
-            len(r.stats),
+            engine.text(seeker.tokens),
+            seeker.segments,
+            language or "en",
+            _summed(windows, features_s, encoder_s, total_s - features_s - encoder_s),
+            len(windows),
         )
-        for r in states
+        for seeker, language, windows in zip(seekers, languages, stats, strict=True)
     ]
-
-
-def _text(engine: SpeculativeWhisper, tokens: Sequence[int]) -> str:
-    return engine.text([t for t in tokens if t < engine.tokens.timestamp_begin])
 
 
 def _summed(

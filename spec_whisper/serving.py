@@ -27,6 +27,7 @@ from spec_whisper.audio import SAMPLE_RATE, decode_audio, prepare_pcm
 from spec_whisper.chunking import Window, merge_segments, split_windows
 from spec_whisper.core_turns import CoreTurns
 from spec_whisper.engine import EncoderStates, SpeculativeWhisper
+from spec_whisper.longform import SeekingWindows
 from spec_whisper.types import DecodingOptions, DecodingStats, Transcription
 
 T = TypeVar("T")
@@ -44,6 +45,7 @@ __all__ = [
     "engine_arguments",
     "error_response",
     "language_of",
+    "long_form_arrays",
     "parameters",
     "parse_options",
     "read_audio",
@@ -230,6 +232,25 @@ def result_arrays(engine: SpeculativeWhisper, rows: RequestRows, results: Sequen
         "SEGMENT_TIMES": np.array(times, dtype=np.float32).reshape(1, -1, 2),
         "LANGUAGE_USED": np.array([[language_of(results).encode()]], dtype=np.object_),
         "STATS": stats_row([r.stats for r in results])[None],
+    }
+
+
+def long_form_arrays(
+    windows: SeekingWindows, text: Callable[[list[int]], str], language: str, stats: Sequence[np.ndarray]
+) -> dict:
+    """`whisper_long`'s outputs for one recording (batch dimension 1), as the ensemble names them:
+    the transcript, its tokens with their timestamps, Whisper's own segments timed by them, and
+    the seconds each sequential window covered."""
+    segments = windows.segments
+    times = [[s.start, s.end] for s in segments]
+    return {
+        "TEXT": np.array([[text(windows.tokens).encode()]], dtype=np.object_),
+        "TOKENS": np.array([windows.tokens], dtype=np.int32).reshape(1, -1),
+        "SEGMENT_TEXT": np.array([[s.text.encode() for s in segments]], dtype=np.object_),
+        "SEGMENT_TIMES": np.array(times, dtype=np.float32).reshape(1, -1, 2),
+        "WINDOWS": np.array(windows.windows, dtype=np.float32).reshape(1, -1, 2),
+        "LANGUAGE_USED": np.array([[language.encode()]], dtype=np.object_),
+        "STATS": np.sum([np.asarray(s).reshape(3) for s in stats], axis=0, dtype=np.int64)[None],
     }
 
 

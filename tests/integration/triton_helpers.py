@@ -81,10 +81,11 @@ def parse(response: Any) -> Result:
     )
 
 
-def transcribe(url: str, timeout_s: float = 600.0, **kwargs: Any) -> Result:
-    """One `whisper` request over gRPC; raises InferenceServerException on an error status."""
+def transcribe(url: str, timeout_s: float = 600.0, model: str = "whisper", **kwargs: Any) -> Result:
+    """One request to `whisper` (or `whisper_long`, which takes the same inputs) over gRPC; raises
+    InferenceServerException on an error status."""
     with grpcclient.InferenceServerClient(url) as client:
-        return parse(client.infer("whisper", inputs(**kwargs), client_timeout=timeout_s))
+        return parse(client.infer(model, inputs(**kwargs), client_timeout=timeout_s))
 
 
 def words(text: str) -> str:
