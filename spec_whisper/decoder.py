@@ -193,6 +193,7 @@ class WhisperDecoderRunner:
             lang: ShortlistHead(output_weight, ids, int8) for lang, ids in (language_shortlists or {}).items()
         }
         int8 = int8 and int8_available(output_weight)
+        self._widened_heads: dict[tuple[int, int, int], ShortlistHead] = {}  # `head_for`
         # A main model's weights are read once per pass: streamed past the caches the assistant uses.
         linear = draft_linear if int8 else partial(decoder_linear, stream=shortlist is None)
         self.int8 = int8
@@ -304,13 +305,21 @@ class WhisperDecoderRunner:
         token, probability = (head or self.head).draft(self.states(tokens, start, cache)[:, -1:], mask)
         return token, probability[:, 0]
 
-    def head_for(self, languages: Collection[str]) -> Head:
+    def head_for(self, languages: Collection[str], timestamps: range | None = None) -> Head:
         """The head to draft rows of these languages with: their language's own shortlist when they
-        share one, else the shortlist every language shares."""
+        share one, else the shortlist every language shares; with the `timestamps` tokens added
+        where the rows decode them (made on first use)."""
         distinct = set(languages)
+        head = self.head
         if len(distinct) == 1 and (language := distinct.pop()) in self.language_heads:
-            return self.language_heads[language]
-        return self.head
+            head = self.language_heads[language]
+        if timestamps is None or not isinstance(head, ShortlistHead):
+            return head
+        key = (id(head), timestamps.start, timestamps.stop)
+        if key not in self._widened_heads:
+            ids = torch.cat([head.shortlist.cpu(), torch.arange(timestamps.start, timestamps.stop)]).unique()
+            self._widened_heads[key] = ShortlistHead(self.output_weight, ids, self.int8)
+        return self._widened_heads[key]
 
     def states(self, tokens: Tensor, start: Tensor, cache: DecoderCache) -> Tensor:
         """Final (normed) decoder states `[B, T, d_model]`, writing the tokens' keys/values to `cache`.

@@ -113,8 +113,13 @@ class TimestampRules:
     - where the timestamps together are likelier than any single text token, a timestamp.
 
     The last rule reads the softmax of every logit, so the main model's screened head, which knows
-    only the argmax exactly, gives way to the fp32 one (`reads_every_logit`). Over a shortlist the
-    rules see only its tokens: an assistant's drafts need not be exact."""
+    only the argmax exactly, gives way to the fp32 one (`reads_every_logit`).
+
+    Over a shortlist, that is for an assistant's drafts, which need not be exact and whose assistant
+    was distilled without timestamps, the rules guess instead: where a timestamp must come, the
+    earliest one allowed (`<|0.00|>` to open a window, and a segment starts where the last one
+    ended, as Whisper nearly always writes it); anywhere else text, so a segment's end is left to
+    the main model."""
 
     reads_every_logit = True
 
@@ -125,43 +130,60 @@ class TimestampRules:
         self.max_initial = max_initial
 
     def apply(self, logits: Tensor, positions: Positions, ids: Tensor | None = None) -> None:
-        device, begin = logits.device, self.timestamp_begin
-        vocab = torch.arange(logits.shape[-1], device=device) if ids is None else ids.to(device)
-        is_stamp, is_text = vocab >= begin, vocab < self.end_of_text
-        logits.masked_fill_(vocab == self.no_timestamps, -torch.inf)
+        state = self._state(positions)
+        if ids is None:
+            self._exact(logits, *(s.to(logits.device) for s in state))
+        else:
+            self._guess(logits, ids.to(logits.device), *(s.to(logits.device) for s in state))
 
-        tokens, ends, generated = positions.tokens, positions.ends, positions.generated
-        before = tokens.gather(1, (ends - 1).clamp(min=0))
-        last_stamped = (generated >= 1) & (before >= begin)
-        penultimate_stamped = (generated < 2) | (tokens.gather(1, (ends - 2).clamp(min=0)) >= begin)
+    def _state(self, positions: Positions) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per scored position `[B, T]`: whether the last token was a timestamp, whether the one
+        before it was too (or there was none), the lowest timestamp allowed, and whether it opens."""
+        begin, tokens, ends, generated = (
+            self.timestamp_begin,
+            positions.tokens,
+            positions.ends,
+            positions.generated,
+        )
+        last = (generated >= 1) & (tokens.gather(1, (ends - 1).clamp(min=0)) >= begin)
+        penultimate = (generated < 2) | (tokens.gather(1, (ends - 2).clamp(min=0)) >= begin)
         # Where the latest generated timestamp before each position sits (-1: none yet).
         column = torch.arange(tokens.shape[1])
-        stamps = torch.where((tokens >= begin) & (column >= positions.begin), column, -1).cummax(1).values
-        latest = stamps.gather(1, (ends - 1).clamp(min=0)).masked_fill(generated == 0, -1)
+        where = torch.where((tokens >= begin) & (column >= positions.begin), column, -1).cummax(1).values
+        latest = where.gather(1, (ends - 1).clamp(min=0)).masked_fill(generated == 0, -1)
         latest_token = tokens.gather(1, latest.clamp(min=0))
-        lowest = torch.where(
-            latest < 0,
-            begin,
-            torch.where(last_stamped & ~penultimate_stamped, latest_token, latest_token + 1),
-        )
-        forbid = (last_stamped & penultimate_stamped)[..., None] & is_stamp  # a pair: text next
-        forbid |= (last_stamped & ~penultimate_stamped)[..., None] & is_text  # a lone stamp: stamp or end
-        forbid |= is_stamp & (vocab < lowest[..., None])
-        first = generated == 0
-        if first.any():
-            opening = ~is_stamp
-            if self.max_initial is not None:
-                opening = opening | (vocab > begin + self.max_initial)
-            forbid |= first[..., None] & opening
-        logits.masked_fill_(forbid.to(device), -torch.inf)
+        lone = last & ~penultimate
+        lowest = torch.where(latest < 0, begin, torch.where(lone, latest_token, latest_token + 1))
+        return last, penultimate, lowest, generated == 0
 
-        below = vocab < begin  # transformers' "text" here: every token before the timestamps
+    def _exact(
+        self, logits: Tensor, last: Tensor, penultimate: Tensor, lowest: Tensor, first: Tensor
+    ) -> None:
+        begin, inf = self.timestamp_begin, -torch.inf
+        stamps, below = logits[..., begin:], logits[..., :begin]  # views: the timestamps are the last ids
+        logits[..., self.no_timestamps] = inf
+        stamps.masked_fill_((last & penultimate)[..., None], inf)  # after a pair: text
+        logits[..., : self.end_of_text].masked_fill_(
+            (last & ~penultimate)[..., None], inf
+        )  # lone: stamp or end
+        steps = torch.arange(stamps.shape[-1], device=logits.device)
+        stamps.masked_fill_(steps < (lowest - begin)[..., None], inf)
+        if first.any():
+            below.masked_fill_(first[..., None], inf)
+            if self.max_initial is not None:
+                stamps[..., self.max_initial + 1 :].masked_fill_(first[..., None], inf)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        stamp_logprob = logprobs[..., is_stamp].logsumexp(dim=-1)
-        best_text = (
-            logprobs[..., below].amax(dim=-1) if below.any() else torch.full_like(stamp_logprob, -torch.inf)
-        )
-        logits.masked_fill_((stamp_logprob > best_text)[..., None] & below, -torch.inf)
+        likelier = logprobs[..., begin:].logsumexp(dim=-1) > logprobs[..., :begin].amax(dim=-1)
+        below.masked_fill_(likelier[..., None], inf)
+
+    def _guess(
+        self, scores: Tensor, ids: Tensor, last: Tensor, penultimate: Tensor, lowest: Tensor, first: Tensor
+    ) -> None:
+        forced = (last & ~penultimate) | first
+        guess = torch.where(first, self.timestamp_begin, lowest)
+        elsewhere = (ids >= self.timestamp_begin) | (ids == self.no_timestamps)
+        forbid = torch.where(forced[..., None], ids != guess[..., None], elsewhere)
+        scores.masked_fill_(forbid, -torch.inf)
 
 
 def apply_filters(

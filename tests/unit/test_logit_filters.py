@@ -106,18 +106,24 @@ def test_timestamp_rules_forbid_what_transformers_forbids_at_every_scored_positi
     assert checked == 40 * 3 * positions
 
 
-def test_timestamp_rules_over_a_shortlist_forbid_its_columns_of_the_full_vocabulary() -> None:
+def test_over_a_shortlist_timestamp_rules_guess_the_earliest_timestamp_where_one_is_due() -> None:
     from spec_whisper.logit_filters import TimestampRules
 
-    generator = torch.Generator().manual_seed(2)
     rules = TimestampRules(STAMP, NO_TIMESTAMPS, END, max_initial=5)
-    tokens = torch.cat([torch.full((4, 3), 70), _random_histories(generator, 4, 9)], dim=1)
-    positions = Positions(tokens, torch.tensor([[3, 4], [6, 7], [8, 9], [10, 11]]), 3)
-    full = 3 * torch.randn(4, 2, SMALL_VOCAB, generator=generator)
-    order = torch.randperm(SMALL_VOCAB, generator=generator)  # every token, in another order
-    expected = full.clone()
-    rules.apply(expected, positions)
-    shortlisted = full[..., order].clone()
-    rules.apply(shortlisted, positions, order)
-    assert torch.equal(shortlisted, expected[..., order])
-    assert torch.isinf(expected).any() and not torch.isinf(expected).all(dim=-1).any()
+    begin = 3
+    tokens = torch.tensor([[70, 70, 70, STAMP + 2, 7, 8, STAMP + 9, STAMP + 9, 4, STAMP + 12, 0]])
+    # Scored after: nothing (opens), a lone timestamp, a pair, text, a segment's lone end.
+    positions = Positions(tokens, torch.tensor([[3, 7, 8, 9, 10]]), begin)
+    shortlist = torch.tensor([2, 4, 7, END, NO_TIMESTAMPS, STAMP, STAMP + 9, STAMP + 12, STAMP + 20])
+    scores = torch.zeros(1, 5, len(shortlist))
+    rules.apply(scores, positions, shortlist)
+    allowed = [shortlist[row.isfinite()].tolist() for row in scores[0]]
+    assert allowed[0] == [STAMP]  # a window opens at <|0.00|>
+    assert allowed[1] == [STAMP + 9]  # the next segment starts where this one ended
+    assert allowed[2] == allowed[3] == [2, 4, 7, END]  # text (or the end) after a pair and after text
+    assert allowed[4] == [STAMP + 12]
+    # Without the guessed timestamp in the shortlist, nothing is left to draft there.
+    without = shortlist[shortlist != STAMP + 9]
+    scores = torch.zeros(1, 5, len(without))
+    rules.apply(scores, positions, without)
+    assert scores[0, 1].isinf().all() and scores[0, 0].isfinite().sum() == 1
