@@ -283,12 +283,13 @@ def markdown(
         )
     date = time.strftime("%Y-%m-%d")
     summary = []
-    for r in rows:
-        if r["system"] == "server speculative" or (r["set"] == LONG_FORM and r["system"] == SEQUENTIAL[True]):
-            summary.append(
-                f"{r['set']}: {r['speedup_vs_plain']:.2f}x, identical {r['identical_tokens']}/{r['clips']} "
-                f"(tokens), {r['identical_text']}/{r['clips']} (text)"
-            )
+    pairs = [("server plain", "server speculative", "ensemble"), (*SEQUENTIAL.values(), "whisper_long")]
+    for name in dict.fromkeys(r["set"] for r in rows):
+        timed = {r["system"]: r for r in rows if r["set"] == name}
+        for plain, speculative, model in pairs:
+            if plain in timed and speculative in timed:
+                ratio = timed[plain]["total_s"] / timed[speculative]["total_s"]
+                summary.append(f"{name} ({model}): {ratio:.2f}x")
     return "\n".join(
         [
             f"\n## Accuracy and time (Triton server, transformers, CTranslate2; {date})\n",
@@ -301,7 +302,7 @@ def markdown(
             f"other languages: BasicTextNormalizer.\n",
             *table,
             "",
-            "Speculative over plain on the same server: " + "; ".join(summary) + ".",
+            "Speculative over plain on the same server and model: " + "; ".join(summary) + ".",
             f"(Long form: the first row is {SEQUENTIAL[False]}, whose text tokens are compared.)"
             if any(r["set"] == LONG_FORM for r in rows)
             else "",

@@ -56,9 +56,10 @@ output:
   With --output DIR, each FILE is written to DIR/<FILE stem>.<txt|json|srt|vtt>.
 
 subtitles:
-  The server reports when each 30 s window starts and ends, but not which words fall in which
-  window, so srt/vtt hold ONE cue per file, from its first window's start to its last window's
-  end, rather than one cue per window or per sentence.
+  One cue per segment of the result. From the `whisper` ensemble a segment is the stretch of the
+  transcript one 30 s window contributed, timed by the audio only that window covers (about one
+  cue per 20 s); with --model whisper_long, Whisper's own segments, timed by its timestamp tokens
+  (a cue per phrase).
 
 examples:
   spec-whisper transcribe talk.flac

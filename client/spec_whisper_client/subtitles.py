@@ -1,8 +1,9 @@
 """SRT and WebVTT from a result's segments.
 
-The server cuts the merged transcript where its 30 s windows meet and times each piece by the audio
-only its window covers (SEGMENT_TEXT, SEGMENT_TIMES): one cue per window, at most about 20 s long,
-which is window-level timing. Per-phrase cues need timestamp tokens (not in the contract yet).
+One cue per segment (SEGMENT_TEXT, SEGMENT_TIMES). The `whisper` ensemble cuts its merged transcript
+where its 30 s windows meet and times each piece by the audio only its window covers: a cue per
+window, at most about 20 s long. `whisper_long` returns Whisper's own segments, timed by its
+timestamp tokens: a cue per phrase.
 """
 
 from __future__ import annotations

@@ -218,7 +218,7 @@ def test_health_command(fake: FakeServer, free_port: int, cli: Cli) -> None:
 def test_help_documents_exit_codes_and_subtitle_cues(cli: Cli) -> None:
     code, out, _ = cli("transcribe", "--help")
     assert code == 0
-    for needle in ("exit codes:", "3  the server is unreachable", "ONE cue per file", "examples:"):
+    for needle in ("exit codes:", "3  the server is unreachable", "One cue per segment", "examples:"):
         assert needle in out
     code, out, _ = cli("--help")
     assert code == 0 and "spec-whisper health" in out

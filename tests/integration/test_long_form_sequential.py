@@ -113,3 +113,17 @@ def test_bad_input_is_invalid_argument_and_the_model_stays_up(
         transcribe(triton_url, model=LONG, **kwargs)
     assert error.value.status() == "StatusCode.INVALID_ARGUMENT" and named in error.value.message().lower()
     assert transcribe(triton_url, model=LONG, audio=samples[: 40 * SAMPLE_RATE], language="en").text
+
+
+def test_the_command_line_writes_a_subtitle_cue_per_segment(
+    triton_url: str, speech_dir: Path, longform: dict[str, Any], sequential: Result, capsys: Any
+) -> None:
+    from spec_whisper_client.cli import main
+
+    path = str(speech_dir / longform["path"])
+    argv = ["transcribe", "--url", triton_url, "--model", LONG, "--language", "en", "--format", "srt", path]
+    code = main(argv)
+    assert code == 0
+    cues = [block.splitlines() for block in capsys.readouterr().out.strip().split("\n\n")]
+    assert len(cues) == len([t for t in sequential.segment_text if t.strip()]) > 20
+    assert cues[0][1].startswith("00:00:00,000 --> ") and cues[-1][1].startswith("00:03:")
