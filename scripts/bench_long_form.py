@@ -87,15 +87,15 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{model}: {len(seen)} different token sequences for one recording")
 
     table = [
-        "| N at once | model | plain s | speculative s | speculative / plain | audio s per wall s (speculative) |",
+        "| N at once | model | plain s | speculative s | speculative / plain "
+        "| audio s per wall s (speculative) |",
         "|---|---|---|---|---|---|",
     ]
     for n in args.concurrency:
         for model, name in MODELS.items():
             plain, spec = best[(model, False, n)], best[(model, True, n)]
-            table.append(
-                f"| {n} | {name} | {plain:.1f} | {spec:.1f} | {plain / spec:.2f}x | {n * recording.seconds / spec:.1f} |"
-            )
+            rate = n * recording.seconds / spec
+            table.append(f"| {n} | {name} | {plain:.1f} | {spec:.1f} | {plain / spec:.2f}x | {rate:.1f} |")
     print(
         "\n".join(
             [
