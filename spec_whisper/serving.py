@@ -22,17 +22,21 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
+from transformers import GenerationConfig
 
 from spec_whisper.audio import SAMPLE_RATE, decode_audio, prepare_pcm
 from spec_whisper.chunking import Window, merge_segments, split_windows
 from spec_whisper.core_turns import CoreTurns
 from spec_whisper.engine import EncoderStates, SpeculativeWhisper
 from spec_whisper.longform import SeekingWindows
+from spec_whisper.tokens import SpecialTokens
 from spec_whisper.types import DecodingOptions, DecodingStats, Transcription
 
 T = TypeVar("T")
 
 __all__ = [
+    "OPTION_INPUTS",
+    "AudioRequests",
     "Cancelled",
     "DecoderMetrics",
     "RequestRows",
@@ -53,6 +57,7 @@ __all__ = [
     "resolve_path",
     "result_arrays",
     "set_cpu_threads",
+    "start_instance",
     "stats_row",
     "window_arrays",
     "windows_for",
@@ -145,6 +150,29 @@ def read_audio(
     pcm = _one(audio, "AUDIO")
     assert pcm is not None
     return prepare_pcm(pcm, SAMPLE_RATE if rate is None else int(rate), max_seconds=max_seconds)  # type: ignore[call-overload]
+
+
+OPTION_INPUTS = ("LANGUAGE", "TASK", "SPECULATIVE", "DRAFT_LENGTH", "MAX_NEW_TOKENS")
+
+
+class AudioRequests:
+    """What the models that take the client's request (`whisper_features`, `whisper_long`) read from
+    it: the audio and the decoding options, checked against the main model's special tokens (no
+    weights loaded) and the `max_audio_seconds` parameter."""
+
+    def __init__(self, params: dict[str, str], model_repository: str | Path) -> None:
+        self.main_dir = resolve_path(params["main_model"], model_repository)
+        self.max_seconds = float(params.get("max_audio_seconds", "600"))
+        self.n_mels = json.loads((self.main_dir / "config.json").read_text())["num_mel_bins"]
+        self.tokens = SpecialTokens.from_generation_config(GenerationConfig.from_pretrained(self.main_dir))
+
+    def read(self, tensor: Callable[[str], np.ndarray | None]) -> tuple[np.ndarray, DecodingOptions]:
+        """16 kHz samples and options from `tensor(name)`, a request's input (None when absent). An
+        unknown language is rejected before the audio is decoded."""
+        options = parse_options(*(tensor(name) for name in OPTION_INPUTS))
+        self.tokens.check_language(options.language)
+        samples = read_audio(tensor("AUDIO"), tensor("AUDIO_FILE"), tensor("SAMPLE_RATE"), self.max_seconds)
+        return samples, options
 
 
 def windows_for(samples: np.ndarray) -> list[Window]:
@@ -266,6 +294,15 @@ def stats_row(stats: Sequence[DecodingStats]) -> np.ndarray:
         [sum(s.drafted for s in stats), sum(s.accepted for s in stats), sum(s.main_passes for s in stats)],
         dtype=np.int64,
     )
+
+
+def start_instance(args: dict) -> dict[str, str]:
+    """Every model instance's start: its config's `parameters` (from Triton's `initialize` args),
+    after refusing numpy 2 (`check_backend_numpy`) and setting the torch threads (`set_cpu_threads`)."""
+    params = parameters(json.loads(args["model_config"]))
+    check_backend_numpy(params)
+    set_cpu_threads(params)
+    return params
 
 
 def parameters(model_config: dict) -> dict[str, str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -19,9 +17,7 @@ def _input(request, name: str) -> torch.Tensor:
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         serving.log_to_triton(pb_utils)
-        params = serving.parameters(json.loads(args["model_config"]))
-        serving.check_backend_numpy(params)
-        serving.set_cpu_threads(params)
+        params = serving.start_instance(args)
         self.device = serving.device_for(args["model_instance_kind"], args["model_instance_device_id"])
         settings = serving.engine_arguments(params, args["model_repository"])
         turns = serving.core_turns(params, args["model_repository"], self.device)

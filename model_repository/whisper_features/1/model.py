@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
+from functools import partial
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-from transformers import GenerationConfig
 
 from spec_whisper import serving
 from spec_whisper.features import LogMelSpectrogram
-from spec_whisper.tokens import SpecialTokens
-
-OPTION_INPUTS = ("LANGUAGE", "TASK", "SPECULATIVE", "DRAFT_LENGTH", "MAX_NEW_TOKENS")
 
 
 def _input(request, name: str) -> np.ndarray | None:
@@ -23,26 +19,13 @@ def _input(request, name: str) -> np.ndarray | None:
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        params = serving.parameters(json.loads(args["model_config"]))
-        serving.check_backend_numpy(params)
-        serving.set_cpu_threads(params)
-        main_dir = serving.resolve_path(params["main_model"], args["model_repository"])
-        self.max_seconds = float(params.get("max_audio_seconds", "600"))
+        params = serving.start_instance(args)
+        self.requests = serving.AudioRequests(params, args["model_repository"])
         device = serving.device_for(args["model_instance_kind"], args["model_instance_device_id"])
-        n_mels = json.loads((main_dir / "config.json").read_text())["num_mel_bins"]
-        self.log_mel = LogMelSpectrogram(n_mels, device=device)
-        # Only the special-token table, no weights: rejects an unknown language before any model runs.
-        self.tokens = SpecialTokens.from_generation_config(GenerationConfig.from_pretrained(main_dir))
+        self.log_mel = LogMelSpectrogram(self.requests.n_mels, device=device)
 
     def _prepare(self, request) -> tuple[list[np.ndarray], list[pb_utils.Tensor]]:
-        options = serving.parse_options(*(_input(request, name) for name in OPTION_INPUTS))
-        self.tokens.check_language(options.language)
-        samples = serving.read_audio(
-            _input(request, "AUDIO"),
-            _input(request, "AUDIO_FILE"),
-            _input(request, "SAMPLE_RATE"),
-            self.max_seconds,
-        )
+        samples, options = self.requests.read(partial(_input, request))
         windows = serving.windows_for(samples)
         seconds, layout = serving.window_arrays(windows)
         tensors = [

@@ -4,20 +4,17 @@ last (`spec_whisper/longform.py`), through whisper_encoder and whisper_decoder b
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from transformers import GenerationConfig, WhisperTokenizerFast
+from transformers import WhisperTokenizerFast
 
 from spec_whisper import serving
 from spec_whisper.features import HOP_LENGTH, LogMelSpectrogram
 from spec_whisper.longform import SeekingWindows
-from spec_whisper.tokens import SpecialTokens
 from spec_whisper.types import DecodingOptions
-
-OPTION_INPUTS = ("LANGUAGE", "TASK", "SPECULATIVE", "DRAFT_LENGTH", "MAX_NEW_TOKENS")
 
 
 def _input(request, name: str) -> np.ndarray | None:
@@ -35,29 +32,18 @@ async def _infer(model: str, inputs: list, outputs: list[str]) -> dict:
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        params = serving.parameters(json.loads(args["model_config"]))
-        serving.check_backend_numpy(params)
-        serving.set_cpu_threads(params)
-        main_dir = serving.resolve_path(params["main_model"], args["model_repository"])
-        self.max_seconds = float(params.get("max_audio_seconds", "600"))
-        n_mels = json.loads((main_dir / "config.json").read_text())["num_mel_bins"]
-        self.log_mel = LogMelSpectrogram(n_mels)
-        self.tokens = SpecialTokens.from_generation_config(GenerationConfig.from_pretrained(main_dir))
-        self.tokenizer = WhisperTokenizerFast.from_pretrained(main_dir)
+        params = serving.start_instance(args)
+        self.requests = serving.AudioRequests(params, args["model_repository"])
+        self.log_mel = LogMelSpectrogram(self.requests.n_mels)
+        self.tokens = self.requests.tokens
+        self.tokenizer = WhisperTokenizerFast.from_pretrained(self.requests.main_dir)
 
     def _text(self, tokens: list[int]) -> str:
         words = [t for t in tokens if t < self.tokens.timestamp_begin]
         return self.tokenizer.decode(words, skip_special_tokens=True).strip()
 
     def _prepare(self, request) -> tuple[np.ndarray, DecodingOptions]:
-        options = serving.parse_options(*(_input(request, name) for name in OPTION_INPUTS))
-        self.tokens.check_language(options.language)
-        samples = serving.read_audio(
-            _input(request, "AUDIO"),
-            _input(request, "AUDIO_FILE"),
-            _input(request, "SAMPLE_RATE"),
-            self.max_seconds,
-        )
+        samples, options = self.requests.read(partial(_input, request))
         return samples, replace(options, timestamps=True)
 
     async def _transcribe(self, request, samples: np.ndarray, options: DecodingOptions) -> dict:
