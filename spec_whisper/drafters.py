@@ -39,7 +39,7 @@ class Drafter(Protocol):
     def propose(self, seq: Tensor, length: Tensor, room: int, masks) -> Tensor:
         """Draft tokens `[B, k]` continuing `seq[b, :length[b]]` for every row, `0 <= k <= room`
         (`k = 0`: the next verify pass is a plain greedy step). `masks(drafts, 1)`: the logit filters'
-        mask for the position after the drafts made so far."""
+        mask for the position after the drafts made so far (a list of `[B, 1]` tokens)."""
 
     def observe(self, n_accepted: Tensor, k: int, timed: PassTime | None = None) -> None:
         """Learn from how many of the `k` drafted tokens each row accepted, and what the pass cost."""
@@ -240,7 +240,7 @@ class AssistantDrafter:
         expected = float(len(length))
         while len(drafts) < room:
             i = len(drafts)
-            mask = masks(torch.cat(drafts, dim=1).cpu() if drafts else seq.new_empty(len(length), 0), 1)
+            mask = masks(drafts, 1)
             tokens, probability = self.runner.draft(tokens, start, self.cache, mask, self.head)
             if not drafts:  # the first step pays for the time since the assistant last ran: priced apart
                 self._first_s = time.perf_counter() - began - self._catch_up_s

@@ -76,6 +76,8 @@ class LogMelSpectrogram(torch.nn.Module):
         its own loudest frame (as `WhisperFeatureExtractor(truncation=False)` computes them for
         transformers' long-form decoding), for windows to be cut from."""
         audio = torch.from_numpy(np.asarray(clip, dtype=np.float32)).to(self.device)
+        # The centred STFT reflects N_FFT // 2 samples at each end: a shorter clip is padded with silence.
+        audio = F.pad(audio, (0, max(0, N_FFT - len(audio))))
         return self._log_mel(audio[None])[0]
 
     @torch.inference_mode()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import torch
@@ -25,23 +27,39 @@ class Positions:
     those from `begin` on were generated: a speculative pass scores each position after the drafts
     before it, so a filter judges it as greedy decoding would."""
 
-    tokens: Tensor  # [B, S] on the host: the prompt, the tokens decided, then any drafts
+    committed: Tensor  # [B, S] on the host: the prompt and the tokens decided so far
     ends: Tensor  # [B, T]
     begin: int
+    drafts: tuple[Tensor, ...] = ()  # [B, k_i] pieces that follow each row's committed tokens ...
+    placed_at: Tensor | None = None  # ... from here on [B]
 
     @property
     def generated(self) -> Tensor:
         return self.ends - self.begin
 
+    @cached_property
+    def tokens(self) -> Tensor:
+        """`committed` with the drafts in place; built only for a filter that reads the tokens, since
+        a draft step at batch 1 would otherwise pay a copy for nothing."""
+        if not self.drafts:
+            return self.committed
+        drafts = torch.cat(self.drafts, dim=1).to(self.committed.device)
+        assert self.placed_at is not None
+        placed = self.committed.clone()
+        placed.scatter_(1, self.placed_at[:, None] + torch.arange(drafts.shape[1]), drafts)
+        return placed
+
     @classmethod
-    def after(cls, seq: Tensor, length: Tensor, begin: int, drafts: Tensor, count: int) -> Positions:
-        """The last `count` of the positions after each row's `seq[b, :length[b]]` and its `drafts [B, k]`
-        (`count = k + 1`: a verify pass; `count = 1`: the next draft step)."""
-        k = drafts.shape[1]
-        if k:
-            seq = seq.clone()
-            seq.scatter_(1, length[:, None] + torch.arange(k), drafts.to(seq.device))
-        return cls(seq, length[:, None] + (k + 1 - count) + torch.arange(count), begin)
+    def after(
+        cls, seq: Tensor, length: Tensor, begin: int, drafts: Sequence[Tensor], count: int
+    ) -> Positions:
+        """The last `count` of the positions after each row's `seq[b, :length[b]]` and its `drafts`,
+        pieces `[B, k_i]` of k drafts in all (`count = k + 1`: a verify pass; `count = 1`: the next
+        draft step)."""
+        drafts = tuple(d for d in drafts if d.shape[1])
+        k = sum(d.shape[1] for d in drafts)
+        ends = length[:, None] + (k + 1 - count) + torch.arange(count)
+        return cls(seq, ends, begin, drafts, length)
 
     @classmethod
     def teacher_forced(cls, tokens: Tensor, begin: int, count: int) -> Positions:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .audio import SAMPLE_RATE
 from .features import HOP_LENGTH, N_FRAMES
 from .types import DecodingOptions, DecodingStats
 
@@ -30,7 +31,7 @@ __all__ = ["LongTranscription", "SeekingWindows", "Segment", "split_segments", "
 
 SECONDS_PER_STAMP = 0.02  # one timestamp step
 FRAMES_PER_STAMP = 2  # mel frames (10 ms each) per timestamp step
-FRAME_SECONDS = HOP_LENGTH / 16000
+FRAME_SECONDS = HOP_LENGTH / SAMPLE_RATE
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ products on their device, which hands back only the few tokens each pass chose.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -35,7 +35,9 @@ class DecodeRequest:
     cached: int = 0  # prompt tokens already in the main cache (1 after language detection)
 
 
-def _masks(filters: list[LogitFilter], seq: Tensor, length: Tensor, begin: int, drafts: Tensor, count: int):
+def _masks(
+    filters: list[LogitFilter], seq: Tensor, length: Tensor, begin: int, drafts: Sequence[Tensor], count: int
+):
     """The mask (`heads.Mask`) of the last `count` positions after each row's tokens and `drafts`."""
     positions = Positions.after(seq, length, begin, drafts, count)
     return partial(_filtered, filters, positions)
@@ -79,7 +81,7 @@ def generate(
             # 2. Verify the pending token(s) plus the drafts in one forward.
             start = length - pending
             tokens = torch.cat([seq.gather(1, start[:, None] + torch.arange(pending)), draft], dim=1)
-            mask = masks(draft, k + 1)
+            mask = masks([draft], k + 1)
             greedy = main.greedy(tokens, start, cache, mask, k + 1, every_logit).cpu()
             verified = time.perf_counter()
         # 3. Each row keeps its drafts up to its first mismatch, plus the main model's next token.

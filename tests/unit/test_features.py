@@ -105,3 +105,8 @@ def test_a_whole_recording_has_the_features_of_transformers_long_form_extraction
     np.testing.assert_allclose(ours, expected, atol=TOLERANCE)
     per_window = LogMelSpectrogram().from_pcm([pcm[30 * 16000 :]])[0].numpy()
     assert np.abs(per_window - expected[:, 3000:6000]).max() > 10 * TOLERANCE  # the range differs
+
+
+def test_a_recording_shorter_than_one_fft_window_still_has_features() -> None:
+    features = LogMelSpectrogram().whole(np.full(100, 0.1, dtype=np.float32))
+    assert features.shape == (80, 2) and torch.isfinite(features).all()
