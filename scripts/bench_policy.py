@@ -136,11 +136,11 @@ class CountingRunner:
         self.first = True  # the next draft step is a pass's first, priced with the table's extra
         counter = self
 
-        def greedy(runner, tokens, start, cache, mask, last):
+        def greedy(runner, tokens, start, cache, mask, last, every_logit=False):
             if runner is engine.main:
                 counter.seconds += costs.verify_s(tokens.shape[0], last)
                 counter.first = True
-            return counter._greedy(runner, tokens, start, cache, mask, last)
+            return counter._greedy(runner, tokens, start, cache, mask, last, every_logit)
 
         def draft(runner, tokens, start, cache, mask, head=None):
             counter.seconds += (
