@@ -401,10 +401,7 @@ class SpeculativeWhisper:
 
     def text(self, tokens: list[int]) -> str:
         """The words of `tokens`, special tokens and timestamps left out."""
-        if self.tokenizer is None:
-            return ""
-        words = [t for t in tokens if t < self.tokens.timestamp_begin]
-        return self.tokenizer.decode(words, skip_special_tokens=True).strip()
+        return self.tokens.text(self.tokenizer, tokens) if self.tokenizer else ""
 
     def transcribe(
         self,

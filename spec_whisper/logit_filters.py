@@ -181,9 +181,8 @@ class TimestampRules:
         stamps, below = logits[..., begin:], logits[..., :begin]  # views: the timestamps are the last ids
         logits[..., self.no_timestamps] = inf
         stamps.masked_fill_((last & penultimate)[..., None], inf)  # after a pair: text
-        logits[..., : self.end_of_text].masked_fill_(
-            (last & ~penultimate)[..., None], inf
-        )  # lone: stamp or end
+        lone = (last & ~penultimate)[..., None]  # after a lone timestamp: a timestamp or the end
+        logits[..., : self.end_of_text].masked_fill_(lone, inf)
         steps = torch.arange(stamps.shape[-1], device=logits.device)
         stamps.masked_fill_(steps < (lowest - begin)[..., None], inf)
         if first.any():

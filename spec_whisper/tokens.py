@@ -59,6 +59,12 @@ class SpecialTokens:
                 f"unknown language {language!r}; expected an ISO 639-1 code such as 'en' or 'de'"
             )
 
+    def text(self, tokenizer: Any, tokens: list[int]) -> str:
+        """The words of `tokens` through `tokenizer`, special tokens and timestamps left out (the old
+        tokenizer.json of a converted model does not know the timestamps)."""
+        words = [t for t in tokens if t < self.timestamp_begin]
+        return tokenizer.decode(words, skip_special_tokens=True).strip()
+
     def language_of(self, token: int) -> str:
         return next((code for code, i in self.languages.items() if i == token), "en")
 

@@ -41,15 +41,23 @@ def whisper_base_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def transformers_greedy(whisper_base_dir: Path) -> Callable[..., list[int]]:
-    """`greedy(pcm, language=None)`: transformers' own greedy `generate()` on whisper-base, one window
-    of 16 kHz samples, features from its own extractor; the text tokens (specials and end-of-text
-    dropped). The language is detected unless given. The model loads once per session."""
-    import torch
+def transformers_whisper(whisper_base_dir: Path) -> tuple[Any, Any]:
+    """transformers' own whisper-base and its feature extractor, loaded once per session: the
+    reference the exactness tests hold the engine to."""
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     model = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir).eval()
-    extractor = WhisperFeatureExtractor.from_pretrained(whisper_base_dir)
+    return model, WhisperFeatureExtractor.from_pretrained(whisper_base_dir)
+
+
+@pytest.fixture(scope="session")
+def transformers_greedy(transformers_whisper: tuple[Any, Any]) -> Callable[..., list[int]]:
+    """`greedy(pcm, language=None)`: transformers' own greedy `generate()` on whisper-base, one window
+    of 16 kHz samples, features from its own extractor; the text tokens (specials and end-of-text
+    dropped). The language is detected unless given."""
+    import torch
+
+    model, extractor = transformers_whisper
     end = model.generation_config.eos_token_id
 
     @torch.inference_mode()

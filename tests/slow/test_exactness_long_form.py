@@ -29,14 +29,12 @@ def recordings(speech_dir: Path) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def reference(
-    whisper_base_dir: Path, recordings: list[np.ndarray]
+    transformers_whisper: tuple[Any, Any], recordings: list[np.ndarray]
 ) -> list[list[tuple[float, float, list[int]]]]:
     """(start, end, tokens) of each segment transformers finds in each recording."""
     import torch
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    model = WhisperForConditionalGeneration.from_pretrained(whisper_base_dir).eval()
-    extractor = WhisperFeatureExtractor.from_pretrained(whisper_base_dir)
+    model, extractor = transformers_whisper
     out = []
     for pcm in recordings:
         features = extractor(

@@ -36,11 +36,8 @@ class TritonPythonModel:
         self.requests = serving.AudioRequests(params, args["model_repository"])
         self.log_mel = LogMelSpectrogram(self.requests.n_mels)
         self.tokens = self.requests.tokens
-        self.tokenizer = WhisperTokenizerFast.from_pretrained(self.requests.main_dir)
-
-    def _text(self, tokens: list[int]) -> str:
-        words = [t for t in tokens if t < self.tokens.timestamp_begin]
-        return self.tokenizer.decode(words, skip_special_tokens=True).strip()
+        tokenizer = WhisperTokenizerFast.from_pretrained(self.requests.main_dir)
+        self._text = partial(self.tokens.text, tokenizer)
 
     def _prepare(self, request) -> tuple[np.ndarray, DecodingOptions]:
         samples, options = self.requests.read(partial(_input, request))
