@@ -5,6 +5,7 @@ it recovers the words that the ensemble's batched windows lose."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,27 @@ def test_concurrent_recordings_each_get_their_own_transcript(
     assert results[0].tokens == sequential.tokens
     assert results[1].tokens == results[2].tokens and results[1].language == "en"
     assert 2 <= len(results[1].windows) < len(sequential.windows)
+
+
+def test_a_short_recording_is_not_kept_waiting_behind_a_long_one(
+    triton_url: str, samples: np.ndarray, sequential: Result
+) -> None:
+    short = samples[: 12 * SAMPLE_RATE]
+    alone = transcribe(triton_url, model=LONG, audio=short, language="en")
+    finished: dict[str, float] = {}
+
+    def timed(name: str, audio: np.ndarray) -> Result:
+        result = transcribe(triton_url, model=LONG, audio=audio, language="en")
+        finished[name] = time.monotonic()
+        return result
+
+    with ThreadPoolExecutor(2) as pool:
+        long_result = pool.submit(timed, "long", samples)
+        time.sleep(1.0)  # the long recording is well into its windows (it takes several seconds)
+        short_result = pool.submit(timed, "short", short)
+        assert short_result.result().tokens == alone.tokens
+        assert long_result.result().tokens == sequential.tokens
+    assert finished["short"] < finished["long"], "the short request waited for the long one to finish"
 
 
 @pytest.mark.parametrize(

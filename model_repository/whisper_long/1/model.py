@@ -1,11 +1,18 @@
 """Long-form transcription: a recording's windows in sequence, each seeking on the timestamps of the
-last (`spec_whisper/longform.py`), through whisper_encoder and whisper_decoder by BLS."""
+last (`spec_whisper/longform.py`), through whisper_encoder and whisper_decoder by BLS.
+
+Each recording runs on a thread of its own and answers through its response sender when it is done.
+`execute` returns at once, so a request that arrives while a long recording is being transcribed
+starts straight away instead of waiting for the whole batch it was not part of (a coroutine
+`execute` would not help: the Python backend runs one to completion before the next, unless the
+model is decoupled, which unary gRPC and HTTP clients cannot call). Meanwhile the encoder's and the
+decoder's dynamic batchers join the windows of every recording in flight."""
 
 from __future__ import annotations
 
-import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from functools import partial
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -17,14 +24,9 @@ from spec_whisper.longform import SeekingWindows
 from spec_whisper.types import DecodingOptions
 
 
-def _input(request, name: str) -> np.ndarray | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
-
-
-async def _infer(model: str, inputs: list, outputs: list[str]) -> dict:
+def _infer(model: str, inputs: list, outputs: list[str]) -> dict:
     request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs, inputs=inputs)
-    response = await request.async_exec()
+    response = request.exec()
     if response.has_error():
         raise RuntimeError(f"{model}: {response.error().message()}")
     return {name: pb_utils.get_output_tensor_by_name(response, name) for name in outputs}
@@ -36,28 +38,39 @@ class TritonPythonModel:
         self.requests = serving.AudioRequests(params, args["model_repository"])
         self.log_mel = LogMelSpectrogram(self.requests.n_mels)
         self.tokens = self.requests.tokens
-        tokenizer = WhisperTokenizerFast.from_pretrained(self.requests.main_dir)
-        self._text = partial(self.tokens.text, tokenizer)
+        self.tokenizer = WhisperTokenizerFast.from_pretrained(self.requests.main_dir)
+        # A fast tokenizer can fail with "Already borrowed" when two threads use it at once.
+        self.tokenizer_lock = threading.Lock()
+        workers = int(params.get("max_concurrent_recordings", "16"))
+        self.recordings = ThreadPoolExecutor(workers, thread_name_prefix="whisper_long")
+
+    def _text(self, tokens: list[int]) -> str:
+        with self.tokenizer_lock:
+            return self.tokens.text(self.tokenizer, tokens)
 
     def _prepare(self, request) -> tuple[np.ndarray, DecodingOptions]:
-        samples, options = self.requests.read(partial(_input, request))
+        def tensor(name: str) -> np.ndarray | None:
+            found = pb_utils.get_input_tensor_by_name(request, name)
+            return None if found is None else found.as_numpy()
+
+        samples, options = self.requests.read(tensor)
         return samples, replace(options, timestamps=True)
 
-    async def _transcribe(self, request, samples: np.ndarray, options: DecodingOptions) -> dict:
+    def _transcribe(self, request, samples: np.ndarray, options: DecodingOptions) -> dict:
         windows = SeekingWindows(self.log_mel.whole(samples), self.tokens.timestamp_begin)
         stats: list[np.ndarray] = []
         while not windows.done:
             if request.is_cancelled():
                 raise serving.Cancelled()
             mel, frames = windows.next_window()
-            encoded = await _infer(
+            encoded = _infer(
                 "whisper_encoder",
                 [pb_utils.Tensor("MEL", mel[None, None].numpy())],
                 ["ENCODER_STATES", "ASSISTANT_STATES"],
             )
             layout = np.array([[[0, frames * HOP_LENGTH, 0, 0]]], dtype=np.int64)
             options_bytes = np.array([[serving.encode_options(options)]], dtype=np.object_)
-            decoded = await _infer(
+            decoded = _infer(
                 "whisper_decoder",
                 [
                     *encoded.values(),
@@ -73,16 +86,20 @@ class TritonPythonModel:
             options = replace(options, language=language)
         return serving.long_form_arrays(windows, self._text, options.language or "en", stats)
 
-    async def execute(self, requests: list) -> list:
-        responses, prepared = serving.parse_each(pb_utils, requests, self._prepare)
-        indices = list(prepared)
-        # Concurrently: each recording's next window joins the others' in the encoder's and decoder's batches.
-        outcomes = await asyncio.gather(
-            *(self._transcribe(requests[i], *prepared[i]) for i in indices), return_exceptions=True
-        )
-        for i, outcome in zip(indices, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                responses[i] = serving.error_response(pb_utils, outcome)
-            else:
-                responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outcome.items()])
-        return responses
+    def _answer(self, request) -> None:
+        try:
+            if request.is_cancelled():
+                raise serving.Cancelled()
+            arrays = self._transcribe(request, *self._prepare(request))
+            response = pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in arrays.items()])
+        except Exception as exc:  # each request fails alone, with a status that names its problem
+            response = serving.error_response(pb_utils, exc)
+        request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            self.recordings.submit(self._answer, request)
+        return None
+
+    def finalize(self) -> None:
+        self.recordings.shutdown(wait=True)
