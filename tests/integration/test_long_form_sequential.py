@@ -14,7 +14,7 @@ import jiwer
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from triton_helpers import Result, transcribe, words
+from triton_helpers import Result, decoder_counts, transcribe, words
 
 from spec_whisper.audio import SAMPLE_RATE, decode_audio
 from spec_whisper.engine import SpeculativeWhisper
@@ -91,11 +91,15 @@ def test_concurrent_recordings_each_get_their_own_transcript(
 ) -> None:
     piece = samples[round(95.3 * SAMPLE_RATE) : round(171.1 * SAMPLE_RATE)]
     requests = [{"audio": samples, "language": "en"}, {"audio": piece}, {"audio": piece}]
+    before = decoder_counts(triton_url)
     with ThreadPoolExecutor(len(requests)) as pool:
         results = list(pool.map(lambda kwargs: transcribe(triton_url, model=LONG, **kwargs), requests))
+    windows, batches = np.subtract(decoder_counts(triton_url), before)
     assert results[0].tokens == sequential.tokens
     assert results[1].tokens == results[2].tokens and results[1].language == "en"
     assert 2 <= len(results[1].windows) < len(sequential.windows)
+    assert windows == sum(len(r.windows) for r in results)
+    assert batches < windows, "the recordings' windows never shared a decoder batch"
 
 
 def test_a_short_recording_is_not_kept_waiting_behind_a_long_one(

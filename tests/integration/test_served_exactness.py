@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from triton_helpers import Result, grpcclient, transcribe
+from triton_helpers import Result, decoder_counts, transcribe
 
 from spec_whisper.audio import decode_audio
 from spec_whisper.engine import SpeculativeWhisper
@@ -51,25 +50,6 @@ def test_speculative_equals_greedy(triton_url: str, pcm: list[np.ndarray], greed
         assert fixed.stats[0] > 0, "the assistant never drafted"
 
 
-def _batched_requests(url: str) -> tuple[int, int]:
-    """The decoder's request and execution counts once they stop moving: Triton may count a step's
-    execution just after the ensemble's response has reached the client (seen once in CI, where the
-    previous test's last request was counted in this test's total)."""
-
-    def counts() -> tuple[int, int]:
-        with grpcclient.InferenceServerClient(url) as client:
-            stats = client.get_inference_statistics("whisper_decoder", as_json=True)["model_stats"][0]
-        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
-
-    previous = counts()
-    for _ in range(20):
-        time.sleep(0.25)
-        if (current := counts()) == previous:
-            return current
-        previous = current
-    raise AssertionError(f"the decoder's statistics kept moving with no request of ours in flight: {current}")
-
-
 def test_concurrent_mixed_requests_each_get_their_own_answer(
     triton_url: str, pcm: list[np.ndarray], greedy: list[list[int]]
 ) -> None:
@@ -78,14 +58,14 @@ def test_concurrent_mixed_requests_each_get_their_own_answer(
     # for a crowded batch (it did once in CI), and this test is about each request keeping its own
     # options and answer, not about when drafting pays.
     jobs = [(i, speculative) for speculative in (True, False) for i in range(len(pcm))]
-    before = _batched_requests(triton_url)
+    before = decoder_counts(triton_url)
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = [
             pool.submit(transcribe, triton_url, audio=pcm[i], speculative=s, draft_length=3 if s else None)
             for i, s in jobs
         ]
         results: list[Result] = [f.result() for f in futures]
-    after = _batched_requests(triton_url)
+    after = decoder_counts(triton_url)
 
     for (i, speculative), result in zip(jobs, results, strict=True):
         assert result.tokens == greedy[i], (CLIPS[i], speculative)

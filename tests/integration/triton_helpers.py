@@ -7,6 +7,7 @@ The server itself comes from the session fixtures in tests/conftest.py (`triton_
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,3 +92,22 @@ def transcribe(url: str, timeout_s: float = 600.0, model: str = "whisper", **kwa
 def words(text: str) -> str:
     """Lower case, no punctuation but apostrophes, single spaces: the LibriSpeech reference style."""
     return " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
+
+
+def decoder_counts(url: str) -> tuple[int, int]:
+    """The decoder's request and execution counts once they stop moving: Triton may count a step's
+    execution just after the ensemble's response has reached the client (seen once in CI, where the
+    previous test's last request was counted in this test's total)."""
+
+    def counts() -> tuple[int, int]:
+        with grpcclient.InferenceServerClient(url) as client:
+            stats = client.get_inference_statistics("whisper_decoder", as_json=True)["model_stats"][0]
+        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+    previous = counts()
+    for _ in range(20):
+        time.sleep(0.25)
+        if (current := counts()) == previous:
+            return current
+        previous = current
+    raise AssertionError(f"the decoder's statistics kept moving with no request of ours in flight: {current}")

@@ -1,18 +1,20 @@
 """Long-form transcription: a recording's windows in sequence, each seeking on the timestamps of the
 last (`spec_whisper/longform.py`), through whisper_encoder and whisper_decoder by BLS.
 
-Each recording runs on a thread of its own and answers through its response sender when it is done.
-`execute` returns at once, so a request that arrives while a long recording is being transcribed
-starts straight away instead of waiting for the whole batch it was not part of (a coroutine
-`execute` would not help: the Python backend runs one to completion before the next, unless the
-model is decoupled, which unary gRPC and HTTP clients cannot call). Meanwhile the encoder's and the
-decoder's dynamic batchers join the windows of every recording in flight."""
+Recordings advance in rounds, as in the engine's `transcribe_long`: each round encodes the next
+window of every recording in flight as one batch and decodes them together. `execute` only queues
+its requests and returns; a request that arrives meanwhile joins the next round, and each recording
+is answered through its response sender as soon as its last window is decoded. (A coroutine
+`execute` would not do: the Python backend runs one to completion before starting the next unless
+the model is decoupled, which unary gRPC and HTTP clients cannot call.)"""
 
 from __future__ import annotations
 
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -24,12 +26,24 @@ from spec_whisper.longform import SeekingWindows
 from spec_whisper.types import DecodingOptions
 
 
-def _infer(model: str, inputs: list, outputs: list[str]) -> dict:
+def _infer(model: str, inputs: list, outputs: list[str]) -> dict[str, np.ndarray]:
     request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs, inputs=inputs)
     response = request.exec()
     if response.has_error():
         raise RuntimeError(f"{model}: {response.error().message()}")
-    return {name: pb_utils.get_output_tensor_by_name(response, name) for name in outputs}
+    return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
+
+
+def _respond(request: Any, response: Any) -> None:
+    request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+@dataclass
+class Recording:
+    request: Any
+    windows: SeekingWindows
+    options: DecodingOptions
+    stats: list[np.ndarray] = field(default_factory=list)
 
 
 class TritonPythonModel:
@@ -39,67 +53,113 @@ class TritonPythonModel:
         self.log_mel = LogMelSpectrogram(self.requests.n_mels)
         self.tokens = self.requests.tokens
         self.tokenizer = WhisperTokenizerFast.from_pretrained(self.requests.main_dir)
-        # A fast tokenizer can fail with "Already borrowed" when two threads use it at once.
-        self.tokenizer_lock = threading.Lock()
-        workers = int(params.get("max_concurrent_recordings", "16"))
-        self.recordings = ThreadPoolExecutor(workers, thread_name_prefix="whisper_long")
+        self.max_recordings = int(params.get("max_concurrent_recordings", "16"))
+        self.arrivals: queue.SimpleQueue = queue.SimpleQueue()
+        # The windows of a round go to the decoder as separate requests (each with its recording's
+        # options), sent at once so that its dynamic batcher runs them as one batch.
+        self.decoder_calls = ThreadPoolExecutor(self.max_recordings, thread_name_prefix="whisper_long")
+        self.rounds = threading.Thread(target=self._run_rounds, name="whisper_long rounds", daemon=True)
+        self.rounds.start()
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            self.arrivals.put(request)
+        return None
+
+    def finalize(self) -> None:
+        self.arrivals.put(None)
+        self.rounds.join()
+        self.decoder_calls.shutdown()
 
     def _text(self, tokens: list[int]) -> str:
-        with self.tokenizer_lock:
-            return self.tokens.text(self.tokenizer, tokens)
+        return self.tokens.text(self.tokenizer, tokens)
 
-    def _prepare(self, request) -> tuple[np.ndarray, DecodingOptions]:
+    def _run_rounds(self) -> None:
+        active: list[Recording] = []
+        while True:
+            # Wait for work only when none is in flight; otherwise take whatever has arrived.
+            while len(active) < self.max_recordings and (not active or not self.arrivals.empty()):
+                request = self.arrivals.get()
+                if request is None:
+                    return
+                if (recording := self._start(request)) is not None:
+                    active.append(recording)
+            active = self._round(active)
+
+    def _start(self, request: Any) -> Recording | None:
         def tensor(name: str) -> np.ndarray | None:
             found = pb_utils.get_input_tensor_by_name(request, name)
             return None if found is None else found.as_numpy()
 
-        samples, options = self.requests.read(tensor)
-        return samples, replace(options, timestamps=True)
-
-    def _transcribe(self, request, samples: np.ndarray, options: DecodingOptions) -> dict:
-        windows = SeekingWindows(self.log_mel.whole(samples), self.tokens.timestamp_begin)
-        stats: list[np.ndarray] = []
-        while not windows.done:
-            if request.is_cancelled():
-                raise serving.Cancelled()
-            mel, frames = windows.next_window()
-            encoded = _infer(
-                "whisper_encoder",
-                [pb_utils.Tensor("MEL", mel[None, None].numpy())],
-                ["ENCODER_STATES", "ASSISTANT_STATES"],
-            )
-            layout = np.array([[[0, frames * HOP_LENGTH, 0, 0]]], dtype=np.int64)
-            options_bytes = np.array([[serving.encode_options(options)]], dtype=np.object_)
-            decoded = _infer(
-                "whisper_decoder",
-                [
-                    *encoded.values(),
-                    pb_utils.Tensor("WINDOW_SAMPLES", layout),
-                    pb_utils.Tensor("OPTIONS", options_bytes),
-                ],
-                ["TOKENS", "LANGUAGE_USED", "STATS"],
-            )
-            windows.advance(decoded["TOKENS"].as_numpy().reshape(-1).tolist(), self._text)
-            stats.append(decoded["STATS"].as_numpy())
-            # The language the first window was decoded in holds for the rest of the recording.
-            language = decoded["LANGUAGE_USED"].as_numpy().reshape(-1)[0].decode()
-            options = replace(options, language=language)
-        return serving.long_form_arrays(windows, self._text, options.language or "en", stats)
-
-    def _answer(self, request) -> None:
         try:
             if request.is_cancelled():
                 raise serving.Cancelled()
-            arrays = self._transcribe(request, *self._prepare(request))
-            response = pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in arrays.items()])
+            samples, options = self.requests.read(tensor)
+            windows = SeekingWindows(self.log_mel.whole(samples), self.tokens.timestamp_begin)
+            return Recording(request, windows, replace(options, timestamps=True))
         except Exception as exc:  # each request fails alone, with a status that names its problem
-            response = serving.error_response(pb_utils, exc)
-        request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            _respond(request, serving.error_response(pb_utils, exc))
+            return None
 
-    def execute(self, requests: list) -> None:
-        for request in requests:
-            self.recordings.submit(self._answer, request)
-        return None
+    def _round(self, active: list[Recording]) -> list[Recording]:
+        """One window of every recording in flight; returns those with windows left."""
+        live = []
+        for recording in active:
+            if recording.request.is_cancelled():
+                _respond(recording.request, serving.error_response(pb_utils, serving.Cancelled()))
+            else:
+                live.append(recording)
+        if not live:
+            return []
+        cut = [r.windows.next_window() for r in live]
+        try:
+            mel = np.stack([m.numpy() for m, _ in cut])[None]
+            encoded = _infer(
+                "whisper_encoder", [pb_utils.Tensor("MEL", mel)], ["ENCODER_STATES", "ASSISTANT_STATES"]
+            )
+        except Exception as exc:
+            for recording in live:
+                _respond(recording.request, serving.error_response(pb_utils, exc))
+            return []
+        states, assistant = encoded["ENCODER_STATES"], encoded["ASSISTANT_STATES"]
+        calls = [
+            self.decoder_calls.submit(
+                self._decode,
+                recording,
+                states[:, [i]],
+                assistant[:, [i]] if assistant.shape[1] else assistant,  # empty: no encoder of its own
+                frames,
+            )
+            for i, (recording, (_, frames)) in enumerate(zip(live, cut, strict=True))
+        ]
+        going = []
+        for recording, call in zip(live, calls, strict=True):
+            try:
+                decoded = call.result()
+                recording.windows.advance(decoded["TOKENS"].reshape(-1).tolist(), self._text)
+                recording.stats.append(decoded["STATS"])
+                # The language the first window was decoded in holds for the rest of the recording.
+                language = decoded["LANGUAGE_USED"].reshape(-1)[0].decode()
+                recording.options = replace(recording.options, language=language)
+                if not recording.windows.done:
+                    going.append(recording)
+                    continue
+                arrays = serving.long_form_arrays(recording.windows, self._text, language, recording.stats)
+                response = pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in arrays.items()])
+            except Exception as exc:
+                response = serving.error_response(pb_utils, exc)
+            _respond(recording.request, response)
+        return going
 
-    def finalize(self) -> None:
-        self.recordings.shutdown(wait=True)
+    def _decode(
+        self, recording: Recording, states: np.ndarray, assistant: np.ndarray, frames: int
+    ) -> dict[str, np.ndarray]:
+        layout = np.array([[[0, frames * HOP_LENGTH, 0, 0]]], dtype=np.int64)
+        options = np.array([[serving.encode_options(recording.options)]], dtype=np.object_)
+        inputs = [
+            pb_utils.Tensor("ENCODER_STATES", states),
+            pb_utils.Tensor("ASSISTANT_STATES", assistant),
+            pb_utils.Tensor("WINDOW_SAMPLES", layout),
+            pb_utils.Tensor("OPTIONS", options),
+        ]
+        return _infer("whisper_decoder", inputs, ["TOKENS", "LANGUAGE_USED", "STATS"])
