@@ -3,6 +3,9 @@
     locust -f loadtest/locustfile.py --headless --host 127.0.0.1:8001 -u 4 -r 4 --run-time 60s \
         --stop-timeout 120 --decoding speculative ClipUser
 
+`--model whisper_long` sends the same requests to `whisper_long` (sequential windows that seek on
+timestamps; `--corpus longform` for the 203 s recording).
+
 Two users, two ways of reaching a batch of N (docs/api.md takes one clip per request):
 
 - `ClipUser`: one clip per request; N of them running at once leave the batching to Triton's
@@ -89,6 +92,12 @@ def _add_arguments(parser: Any) -> None:
         help="send audio to the whisper ensemble, or saved encoder states to whisper_decoder alone",
     )
     group.add_argument("--decoder-inputs", default="", help=".npz of decoder inputs for --stage decoder")
+    group.add_argument(
+        "--model",
+        choices=["whisper", "whisper_long"],
+        default="whisper",
+        help="the ensemble, or whisper_long's sequential windows (say --corpus longform for long audio)",
+    )
 
 
 # Shared by every user of this process: the clips (decoded once) and the record file.
@@ -137,7 +146,9 @@ class _WhisperUser(User):
         options = self.environment.parsed_options
         number = next(_user_numbers)
         # No retries: every failure must show up in the statistics.
-        self.whisper = WhisperClient(self.host, retries=0, timeout_s=options.request_timeout)
+        self.whisper = WhisperClient(
+            self.host, model=options.model, retries=0, timeout_s=options.request_timeout
+        )
         self.decoder = (
             DecoderStageClient(self.host, _decoder_inputs, options.request_timeout)
             if _decoder_inputs is not None

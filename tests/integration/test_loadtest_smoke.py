@@ -2,7 +2,8 @@
 
 Both user kinds (one clip per request, and two clips per request as concurrent calls) and both
 decoding modes, on real clips; bounded by Locust's run time plus an outer `timeout`. The same for the
-decoder step alone (`--stage decoder`), whose saved inputs must give the ensemble's transcripts.
+decoder step alone (`--stage decoder`), whose saved inputs must give the ensemble's transcripts, and
+for `whisper_long` (`--model whisper_long`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as grpcclient
 from spec_whisper_client import WhisperClient
 
 pytestmark = pytest.mark.integration
@@ -61,6 +63,18 @@ def test_locust_smoke_run_has_requests_and_no_errors(
     assert {r["clips"] for r in records} == {1, 2}
     assert {r["speculative"] for r in records} == {True, False}
     assert all(r["audio_s"] > 0 and r["latency_s"] > 0 for r in records)
+
+
+def test_locust_smoke_run_against_whisper_long(triton_url: str, speech_dir: Path, tmp_path: Path) -> None:
+    def served() -> int:
+        with grpcclient.InferenceServerClient(triton_url) as client:
+            stats = client.get_inference_statistics("whisper_long", as_json=True)["model_stats"][0]
+        return int(stats.get("inference_count", 0))
+
+    before = served()
+    records = _run_locust(triton_url, speech_dir, tmp_path / "requests.jsonl", "--model", "whisper_long")
+    assert {r["clips"] for r in records} == {1, 2}
+    assert served() - before >= sum(r["clips"] for r in records)
 
 
 def test_decoder_stage_gives_the_ensembles_transcripts_and_loads_without_errors(

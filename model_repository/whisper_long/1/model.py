@@ -10,6 +10,7 @@ the model is decoupled, which unary gRPC and HTTP clients cannot call.)"""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -76,15 +77,28 @@ class TritonPythonModel:
 
     def _run_rounds(self) -> None:
         active: list[Recording] = []
+        stopping = False
         while True:
             # Wait for work only when none is in flight; otherwise take whatever has arrived.
-            while len(active) < self.max_recordings and (not active or not self.arrivals.empty()):
+            while (
+                not stopping
+                and len(active) < self.max_recordings
+                and (not active or not self.arrivals.empty())
+            ):
                 request = self.arrivals.get()
-                if request is None:
-                    return
-                if (recording := self._start(request)) is not None:
+                if request is None:  # finalize: answer the recordings in flight, then stop
+                    stopping = True
+                elif (recording := self._start(request)) is not None:
                     active.append(recording)
-            active = self._round(active)
+            if not active:
+                return
+            try:
+                active = self._round(active)
+            except Exception as exc:  # a fault of ours: fail these recordings, keep serving the rest
+                for recording in active:
+                    with contextlib.suppress(Exception):  # one may have been answered already
+                        _respond(recording.request, serving.error_response(pb_utils, exc))
+                active = []
 
     def _start(self, request: Any) -> Recording | None:
         def tensor(name: str) -> np.ndarray | None:
@@ -111,8 +125,8 @@ class TritonPythonModel:
                 live.append(recording)
         if not live:
             return []
-        cut = [r.windows.next_window() for r in live]
         try:
+            cut = [r.windows.next_window() for r in live]
             mel = np.stack([m.numpy() for m, _ in cut])[None]
             encoded = _infer(
                 "whisper_encoder", [pb_utils.Tensor("MEL", mel)], ["ENCODER_STATES", "ASSISTANT_STATES"]
