@@ -123,6 +123,19 @@ def test_a_short_recording_is_not_kept_waiting_behind_a_long_one(
     assert finished["short"] < finished["long"], "the short request waited for the long one to finish"
 
 
+def test_a_recording_the_client_gave_up_on_stops_being_decoded(
+    triton_url: str, samples: np.ndarray, sequential: Result
+) -> None:
+    before = decoder_counts(triton_url)
+    with pytest.raises(grpcclient.InferenceServerException) as error:
+        transcribe(triton_url, timeout_s=1.5, model=LONG, audio=samples, language="en")
+    assert error.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    time.sleep(8.0)  # longer than the rest of the recording would take to decode
+    windows, _ = np.subtract(decoder_counts(triton_url), before)
+    assert windows < len(sequential.windows), "the server went on decoding a cancelled request"
+    assert transcribe(triton_url, model=LONG, audio=samples[: 20 * SAMPLE_RATE], language="en").text
+
+
 @pytest.mark.parametrize(
     ("kwargs", "named"),
     [

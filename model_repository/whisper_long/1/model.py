@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
 from transformers import WhisperTokenizerFast
 
@@ -27,12 +28,21 @@ from spec_whisper.longform import SeekingWindows
 from spec_whisper.types import DecodingOptions
 
 
-def _infer(model: str, inputs: list, outputs: list[str]) -> dict[str, np.ndarray]:
+def _infer(model: str, inputs: list, outputs: list[str]) -> dict[str, Any]:
     request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs, inputs=inputs)
     response = request.exec()
     if response.has_error():
         raise RuntimeError(f"{model}: {response.error().message()}")
-    return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
+    return {name: pb_utils.get_output_tensor_by_name(response, name) for name in outputs}
+
+
+def _window(states: Any, i: int) -> Any:
+    """Window i of the encoder's batched output, left where the encoder put it (on a GPU instance,
+    GPU memory) by way of DLPack."""
+    batch = torch.from_dlpack(states.to_dlpack())
+    if batch.shape[1] == 0:  # the assistant's states are empty unless it has an encoder of its own
+        return states
+    return pb_utils.Tensor.from_dlpack(states.name(), torch.utils.dlpack.to_dlpack(batch[:, i : i + 1]))
 
 
 def _respond(request: Any, response: Any) -> None:
@@ -135,13 +145,11 @@ class TritonPythonModel:
             for recording in live:
                 _respond(recording.request, serving.error_response(pb_utils, exc))
             return []
-        states, assistant = encoded["ENCODER_STATES"], encoded["ASSISTANT_STATES"]
         calls = [
             self.decoder_calls.submit(
                 self._decode,
                 recording,
-                states[:, [i]],
-                assistant[:, [i]] if assistant.shape[1] else assistant,  # empty: no encoder of its own
+                [_window(encoded["ENCODER_STATES"], i), _window(encoded["ASSISTANT_STATES"], i)],
                 frames,
             )
             for i, (recording, (_, frames)) in enumerate(zip(live, cut, strict=True))
@@ -165,15 +173,9 @@ class TritonPythonModel:
             _respond(recording.request, response)
         return going
 
-    def _decode(
-        self, recording: Recording, states: np.ndarray, assistant: np.ndarray, frames: int
-    ) -> dict[str, np.ndarray]:
+    def _decode(self, recording: Recording, states: list, frames: int) -> dict[str, np.ndarray]:
         layout = np.array([[[0, frames * HOP_LENGTH, 0, 0]]], dtype=np.int64)
         options = np.array([[serving.encode_options(recording.options)]], dtype=np.object_)
-        inputs = [
-            pb_utils.Tensor("ENCODER_STATES", states),
-            pb_utils.Tensor("ASSISTANT_STATES", assistant),
-            pb_utils.Tensor("WINDOW_SAMPLES", layout),
-            pb_utils.Tensor("OPTIONS", options),
-        ]
-        return _infer("whisper_decoder", inputs, ["TOKENS", "LANGUAGE_USED", "STATS"])
+        inputs = [*states, pb_utils.Tensor("WINDOW_SAMPLES", layout), pb_utils.Tensor("OPTIONS", options)]
+        decoded = _infer("whisper_decoder", inputs, ["TOKENS", "LANGUAGE_USED", "STATS"])
+        return {name: tensor.as_numpy() for name, tensor in decoded.items()}
