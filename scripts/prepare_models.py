@@ -103,6 +103,7 @@ def write_repository(
     precision: str,
     max_audio_seconds: float,
     cpu_turns: str = "auto",
+    assistant_encoder: str = "auto",
 ) -> None:
     """Rewrite the settings in the repository's config.pbtxt files, leaving everything else as it is."""
     settings = {
@@ -111,6 +112,7 @@ def write_repository(
         "precision": precision,
         "max_audio_seconds": f"{max_audio_seconds:g}",
         "cpu_turns": cpu_turns,
+        "assistant_encoder": assistant_encoder,
     }
     for model in ("whisper_features", "whisper_encoder", "whisper_decoder", "whisper_long"):
         path = repository / model / "config.pbtxt"

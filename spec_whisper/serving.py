@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from spec_whisper.audio import SAMPLE_RATE, decode_audio, prepare_pcm
 from spec_whisper.chunking import Window, merge_segments, split_windows
 from spec_whisper.core_turns import CoreTurns
 from spec_whisper.engine import EncoderStates, SpeculativeWhisper
+from spec_whisper.loading import AssistantEncoder
 from spec_whisper.longform import SeekingWindows
 from spec_whisper.tokens import SpecialTokens
 from spec_whisper.types import DecodingOptions, DecodingStats, Transcription
@@ -482,8 +483,12 @@ class DecoderMetrics:
 def engine_arguments(params: dict[str, str], model_dir: str | Path) -> dict[str, Any]:
     """SpeculativeWhisper.load keyword arguments from config parameters ("" or "none": no assistant)."""
     assistant = params.get("assistant_model", "").strip()
+    assistant_encoder = params.get("assistant_encoder", "auto").strip().lower()
+    if assistant_encoder not in (choices := get_args(AssistantEncoder)):
+        raise ValueError(f"assistant_encoder {assistant_encoder!r}: expected one of {', '.join(choices)}")
     return {
         "main": resolve_path(params["main_model"], model_dir),
         "assistant": None if assistant.lower() in ("", "none") else resolve_path(assistant, model_dir),
         "precision": params.get("precision", "fp32"),
+        "assistant_encoder": assistant_encoder,
     }

@@ -184,6 +184,17 @@ def test_paths_resolve_against_the_folder_holding_the_repository(tmp_path: Path)
     )
 
 
+def test_the_assistant_encoder_setting_is_checked(tmp_path: Path) -> None:
+    params = {"main_model": "m", "assistant_model": "a"}
+    assert serving.engine_arguments(params, tmp_path)["assistant_encoder"] == "auto"
+    assert (
+        serving.engine_arguments({**params, "assistant_encoder": " Own"}, tmp_path)["assistant_encoder"]
+        == "own"
+    )
+    with pytest.raises(ValueError, match="assistant_encoder 'separate'"):
+        serving.engine_arguments({**params, "assistant_encoder": "separate"}, tmp_path)
+
+
 def test_the_engine_log_reaches_triton_once() -> None:
     said: list[tuple[str, str]] = []
     logger = SimpleNamespace(
