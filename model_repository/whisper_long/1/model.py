@@ -2,8 +2,8 @@
 last (`spec_whisper/longform.py`), through whisper_encoder and whisper_decoder by BLS.
 
 Recordings advance in rounds, as in the engine's `transcribe_long`: each round encodes the next
-window of every recording in flight as one batch and decodes them together. `execute` only queues
-its requests and returns; a request that arrives meanwhile joins the next round, and each recording
+window of every recording in flight as one batch and decodes them together. `execute` only reads
+and queues its requests; a request that arrives meanwhile joins the next round, and each recording
 is answered through its response sender as soon as its last window is decoded. (A coroutine
 `execute` would not do: the Python backend runs one to completion before starting the next unless
 the model is decoupled, which unary gRPC and HTTP clients cannot call.)"""
@@ -73,8 +73,10 @@ class TritonPythonModel:
         self.rounds.start()
 
     def execute(self, requests: list) -> None:
+        # Read and checked here, beside the round in progress: bad input is answered at once.
         for request in requests:
-            self.arrivals.put(request)
+            if (recording := self._start(request)) is not None:
+                self.arrivals.put(recording)
         return None
 
     def finalize(self) -> None:
@@ -95,10 +97,10 @@ class TritonPythonModel:
                 and len(active) < self.max_recordings
                 and (not active or not self.arrivals.empty())
             ):
-                request = self.arrivals.get()
-                if request is None:  # finalize: answer the recordings in flight, then stop
+                recording = self.arrivals.get()
+                if recording is None:  # finalize: answer the recordings in flight, then stop
                     stopping = True
-                elif (recording := self._start(request)) is not None:
+                else:
                     active.append(recording)
             if not active:
                 return
