@@ -17,6 +17,9 @@ before the first cell, and every request sends them straight to the decoder, so 
 and its clips per second are its capacity (loadtest/decoder_stage.py says why the ensemble cannot
 show that on a CPU).
 
+`--model whisper_long` sends the same requests to `whisper_long`, which decodes each in sequential
+windows that seek on timestamps, every recording in flight one window per round.
+
 `--pack SECONDS` joins consecutive clips, half a second of silence apart, into windows of at most
 that length: windows full of speech, as a long recording's, where a short clip's fixed costs per
 window weigh less.
@@ -275,7 +278,7 @@ def locust_command(cell: Cell, url: str, args: argparse.Namespace, record: Path)
         "--loglevel", "WARNING", "--speech-dir", str(args.speech_dir), "--corpus", args.corpus,
         "--pack", str(args.pack), "--decoding", cell.mode, "--clips-per-request", str(cell.size),
         "--record-file", str(record),
-        "--stage", args.stage, "--decoder-inputs", str(decoder_inputs_path(args)),
+        "--stage", args.stage, "--decoder-inputs", str(decoder_inputs_path(args)), "--model", args.model,
         WAYS[cell.way],
     ]  # fmt: skip
     # The outer bound: Locust's own limits plus start-up; -k kills it if it ignores the TERM.
@@ -365,7 +368,7 @@ def warm_up(url: str, args: argparse.Namespace) -> None:
     """One request each way before the first cell, so no cell pays for lazy initialisation; for
     `--stage decoder`, also the decoder's inputs for every clip of the corpus, saved once."""
     clip = load_clips(args.speech_dir, "librispeech", limit=1)[0]
-    with WhisperClient(url, timeout_s=600) as client:
+    with WhisperClient(url, model=args.model, timeout_s=600) as client:
         for speculative in (False, True):
             client.transcribe((clip.pcm, 16000), language=clip.language, speculative=speculative)
     if args.stage == "decoder":
@@ -470,7 +473,8 @@ def markdown(
                 f"p50 {plain['p50_s'] / r['p50_s']:.2f}x"
             )
     errors = sum(r["errors"] for r in rows)
-    stage_note = ", the decoder step alone" if args.stage == "decoder" else ""
+    stage_note = {"decoder": ", the decoder step alone"}.get(args.stage, "")
+    stage_note += ", `whisper_long`" if args.model == "whisper_long" and args.stage != "decoder" else ""
     packed = f", consecutive clips joined into windows of at most {args.pack:g} s" if args.pack else ""
     sent = (
         "each clip's saved encoder states sent straight to `whisper_decoder` (the features and encoder "
@@ -532,6 +536,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["ensemble", "decoder"],
         default="ensemble",
         help="load the whole ensemble (audio in), or the decoder step alone (saved encoder states in)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=["whisper", "whisper_long"],
+        default="whisper",
+        help="with --stage ensemble: the ensemble, or whisper_long (sequential windows, in rounds)",
     )
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="librispeech-heldout")
     add_pack_option(parser)
@@ -607,7 +617,11 @@ def main(argv: list[str] | None = None) -> int:
             rss_mb["peak"] = max(r["peak_rss_mb"] for r in rows)
 
     cores = f"{os.cpu_count()} cores"
-    target = "whisper_decoder alone" if args.stage == "decoder" else "whisper ensemble"
+    target = (
+        "whisper_decoder alone"
+        if args.stage == "decoder"
+        else f"{args.model} ({'ensemble' if args.model == 'whisper' else 'sequential windows'})"
+    )
     title = f"{target} on Triton, {state['where']}, {cores}, {args.cell_seconds} s per cell"
     plot(rows, out_dir / "load.png", title)
     report = markdown(rows, command, machine, state["where"], rss_mb, args, str(out_dir / "load.png"))
