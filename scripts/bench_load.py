@@ -77,6 +77,11 @@ from spec_whisper_client import WhisperClient  # noqa: E402
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
 MODELS = ("whisper", "whisper_features", "whisper_encoder", "whisper_decoder")
 WAYS = {"users": "ClipUser", "batch": "ClipBatchUser"}
+# --model: the plot's title, and the note in the report's heading.
+TARGETS = {
+    "whisper": ("whisper ensemble", ""),
+    "whisper_long": ("whisper_long (sequential windows)", ", `whisper_long`"),
+}
 
 
 # --- the server ----------------------------------------------------------------------------------
@@ -473,8 +478,7 @@ def markdown(
                 f"p50 {plain['p50_s'] / r['p50_s']:.2f}x"
             )
     errors = sum(r["errors"] for r in rows)
-    stage_note = {"decoder": ", the decoder step alone"}.get(args.stage, "")
-    stage_note += ", `whisper_long`" if args.model == "whisper_long" and args.stage != "decoder" else ""
+    stage_note = ", the decoder step alone" if args.stage == "decoder" else TARGETS[args.model][1]
     packed = f", consecutive clips joined into windows of at most {args.pack:g} s" if args.pack else ""
     sent = (
         "each clip's saved encoder states sent straight to `whisper_decoder` (the features and encoder "
@@ -539,7 +543,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--model",
-        choices=["whisper", "whisper_long"],
+        choices=sorted(TARGETS),
         default="whisper",
         help="with --stage ensemble: the ensemble, or whisper_long (sequential windows, in rounds)",
     )
@@ -617,11 +621,7 @@ def main(argv: list[str] | None = None) -> int:
             rss_mb["peak"] = max(r["peak_rss_mb"] for r in rows)
 
     cores = f"{os.cpu_count()} cores"
-    target = (
-        "whisper_decoder alone"
-        if args.stage == "decoder"
-        else f"{args.model} ({'ensemble' if args.model == 'whisper' else 'sequential windows'})"
-    )
+    target = "whisper_decoder alone" if args.stage == "decoder" else TARGETS[args.model][0]
     title = f"{target} on Triton, {state['where']}, {cores}, {args.cell_seconds} s per cell"
     plot(rows, out_dir / "load.png", title)
     report = markdown(rows, command, machine, state["where"], rss_mb, args, str(out_dir / "load.png"))

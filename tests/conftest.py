@@ -118,12 +118,12 @@ def offline_models() -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def triton_server(offline_models: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The project's model repository, pointed at the offline models, served by a real tritonserver.
+def start_triton(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
+    """`start_triton(name, main, assistant, **settings)`: a real tritonserver, started, serving a copy
+    of model_repository/ with prepare_models.write_repository's `settings` (the caller stops it).
 
-    A copy of model_repository/ is served so a production configuration in the checkout (written by
-    prepare_models.py) never leaks into the tests; only the `parameters` differ from the checkout.
-    """
+    A copy, so a production configuration in the checkout (written by prepare_models.py) never leaks
+    into the tests; only the `parameters` differ from the checkout."""
     import shutil
 
     serve, prepare = _load_script("serve"), _load_script("prepare_models")
@@ -131,17 +131,27 @@ def triton_server(offline_models: tuple[Path, Path], tmp_path_factory: pytest.Te
         serve.find_tritonserver()
     except serve.ServerError as e:
         pytest.fail(str(e))
-    root = tmp_path_factory.mktemp("triton")
-    repository = root / "model_repository"
-    shutil.copytree(
-        _PROJECT_ROOT / "model_repository", repository, ignore=shutil.ignore_patterns("__pycache__")
-    )
-    main, assistant = offline_models
-    prepare.write_repository(repository, main, assistant, "fp32", max_audio_seconds=600)
-    server = serve.TritonServer(
-        repository, http_port=0, grpc_port=0, metrics_port=0, log_file=root / "tritonserver.log"
-    )
-    server.start(timeout_s=float(os.environ.get("TRITON_STARTUP_TIMEOUT", "600")))
+
+    def start(name: str, main: Path, assistant: Path | None, **settings: Any) -> Any:
+        root = tmp_path_factory.mktemp(name)
+        repository = root / "model_repository"
+        shutil.copytree(
+            _PROJECT_ROOT / "model_repository", repository, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        prepare.write_repository(repository, main, assistant, "fp32", max_audio_seconds=600, **settings)
+        server = serve.TritonServer(
+            repository, http_port=0, grpc_port=0, metrics_port=0, log_file=root / "tritonserver.log"
+        )
+        server.start(timeout_s=float(os.environ.get("TRITON_STARTUP_TIMEOUT", "600")))
+        return server
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def triton_server(offline_models: tuple[Path, Path], start_triton: Callable[..., Any]) -> Any:
+    """The project's model repository, pointed at the offline models, served by a real tritonserver."""
+    server = start_triton("triton", *offline_models)
     yield server
     server.stop()
 

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import tritonclient.grpc as grpcclient
 from spec_whisper_client import WhisperClient
+from triton_helpers import served_counts
 
 pytestmark = pytest.mark.integration
 
@@ -66,15 +66,10 @@ def test_locust_smoke_run_has_requests_and_no_errors(
 
 
 def test_locust_smoke_run_against_whisper_long(triton_url: str, speech_dir: Path, tmp_path: Path) -> None:
-    def served() -> int:
-        with grpcclient.InferenceServerClient(triton_url) as client:
-            stats = client.get_inference_statistics("whisper_long", as_json=True)["model_stats"][0]
-        return int(stats.get("inference_count", 0))
-
-    before = served()
+    before, _ = served_counts(triton_url, "whisper_long")
     records = _run_locust(triton_url, speech_dir, tmp_path / "requests.jsonl", "--model", "whisper_long")
     assert {r["clips"] for r in records} == {1, 2}
-    assert served() - before >= sum(r["clips"] for r in records)
+    assert served_counts(triton_url, "whisper_long")[0] - before >= sum(r["clips"] for r in records)
 
 
 def test_decoder_stage_gives_the_ensembles_transcripts_and_loads_without_errors(

@@ -14,7 +14,7 @@ import jiwer
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from triton_helpers import Result, decoder_counts, transcribe, words
+from triton_helpers import Result, served_counts, transcribe, words
 
 from spec_whisper.audio import SAMPLE_RATE, decode_audio
 from spec_whisper.engine import SpeculativeWhisper
@@ -91,10 +91,10 @@ def test_concurrent_recordings_each_get_their_own_transcript(
 ) -> None:
     piece = samples[round(95.3 * SAMPLE_RATE) : round(171.1 * SAMPLE_RATE)]
     requests = [{"audio": samples, "language": "en"}, {"audio": piece}, {"audio": piece}]
-    before = decoder_counts(triton_url)
+    before = served_counts(triton_url)
     with ThreadPoolExecutor(len(requests)) as pool:
         results = list(pool.map(lambda kwargs: transcribe(triton_url, model=LONG, **kwargs), requests))
-    windows, batches = np.subtract(decoder_counts(triton_url), before)
+    windows, batches = np.subtract(served_counts(triton_url), before)
     assert results[0].tokens == sequential.tokens
     assert results[1].tokens == results[2].tokens and results[1].language == "en"
     assert 2 <= len(results[1].windows) < len(sequential.windows)
@@ -126,12 +126,12 @@ def test_a_short_recording_is_not_kept_waiting_behind_a_long_one(
 def test_a_recording_the_client_gave_up_on_stops_being_decoded(
     triton_url: str, samples: np.ndarray, sequential: Result
 ) -> None:
-    before = decoder_counts(triton_url)
+    before = served_counts(triton_url)
     with pytest.raises(grpcclient.InferenceServerException) as error:
         transcribe(triton_url, timeout_s=1.5, model=LONG, audio=samples, language="en")
     assert error.value.status() == "StatusCode.DEADLINE_EXCEEDED"
     time.sleep(8.0)  # longer than the rest of the recording would take to decode
-    windows, _ = np.subtract(decoder_counts(triton_url), before)
+    windows, _ = np.subtract(served_counts(triton_url), before)
     assert windows < len(sequential.windows), "the server went on decoding a cancelled request"
     assert transcribe(triton_url, model=LONG, audio=samples[: 20 * SAMPLE_RATE], language="en").text
 

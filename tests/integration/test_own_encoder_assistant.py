@@ -5,9 +5,7 @@ window's states on to the decoder, and speculative tokens equal plain ones."""
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,29 +19,11 @@ from spec_whisper.audio import SAMPLE_RATE, decode_audio
 
 pytestmark = pytest.mark.integration
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def _script(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"_own_encoder_{name}", SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def url(offline_models: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    serve, prepare = _script("serve"), _script("prepare_models")
-    root = tmp_path_factory.mktemp("own_encoder")
-    repository = root / "model_repository"
-    shutil.copytree(
-        SCRIPTS.parent / "model_repository", repository, ignore=shutil.ignore_patterns("__pycache__")
-    )
+def url(offline_models: tuple[Path, Path], start_triton: Callable[..., Any]) -> Iterator[str]:
     main = offline_models[0]
-    prepare.write_repository(repository, main, main, "fp32", max_audio_seconds=600, assistant_encoder="own")
-    server = serve.TritonServer(repository, http_port=0, grpc_port=0, metrics_port=0, log_file=root / "log")
-    server.start(timeout_s=600)
+    server = start_triton("own_encoder", main, main, assistant_encoder="own")
     yield server.grpc_url
     server.stop()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from triton_helpers import Result, decoder_counts, transcribe
+from triton_helpers import Result, served_counts, transcribe
 
 from spec_whisper.audio import decode_audio
 from spec_whisper.engine import SpeculativeWhisper
@@ -58,14 +58,14 @@ def test_concurrent_mixed_requests_each_get_their_own_answer(
     # for a crowded batch (it did once in CI), and this test is about each request keeping its own
     # options and answer, not about when drafting pays.
     jobs = [(i, speculative) for speculative in (True, False) for i in range(len(pcm))]
-    before = decoder_counts(triton_url)
+    before = served_counts(triton_url)
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = [
             pool.submit(transcribe, triton_url, audio=pcm[i], speculative=s, draft_length=3 if s else None)
             for i, s in jobs
         ]
         results: list[Result] = [f.result() for f in futures]
-    after = decoder_counts(triton_url)
+    after = served_counts(triton_url)
 
     for (i, speculative), result in zip(jobs, results, strict=True):
         assert result.tokens == greedy[i], (CLIPS[i], speculative)

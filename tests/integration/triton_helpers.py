@@ -94,14 +94,14 @@ def words(text: str) -> str:
     return " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
 
 
-def decoder_counts(url: str) -> tuple[int, int]:
-    """The decoder's request and execution counts once they stop moving: Triton may count a step's
+def served_counts(url: str, model: str = "whisper_decoder") -> tuple[int, int]:
+    """A model's request and execution counts once they stop moving: Triton may count a step's
     execution just after the ensemble's response has reached the client (seen once in CI, where the
     previous test's last request was counted in this test's total)."""
 
     def counts() -> tuple[int, int]:
         with grpcclient.InferenceServerClient(url) as client:
-            stats = client.get_inference_statistics("whisper_decoder", as_json=True)["model_stats"][0]
+            stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
         return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
     previous = counts()
@@ -110,4 +110,4 @@ def decoder_counts(url: str) -> tuple[int, int]:
         if (current := counts()) == previous:
             return current
         previous = current
-    raise AssertionError(f"the decoder's statistics kept moving with no request of ours in flight: {current}")
+    raise AssertionError(f"{model}'s statistics kept moving with no request of ours in flight: {current}")

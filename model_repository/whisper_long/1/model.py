@@ -36,13 +36,14 @@ def _infer(model: str, inputs: list, outputs: list[str]) -> dict[str, Any]:
     return {name: pb_utils.get_output_tensor_by_name(response, name) for name in outputs}
 
 
-def _window(states: Any, i: int) -> Any:
-    """Window i of the encoder's batched output, left where the encoder put it (on a GPU instance,
-    GPU memory) by way of DLPack."""
+def _per_window(states: Any, count: int) -> list[Any]:
+    """The encoder's batched output split into its `count` windows, left where the encoder put them
+    (on a GPU instance, GPU memory) by way of DLPack."""
     batch = torch.from_dlpack(states.to_dlpack())
     if batch.shape[1] == 0:  # the assistant's states are empty unless it has an encoder of its own
-        return states
-    return pb_utils.Tensor.from_dlpack(states.name(), torch.utils.dlpack.to_dlpack(batch[:, i : i + 1]))
+        return [states] * count
+    to_window = torch.utils.dlpack.to_dlpack
+    return [pb_utils.Tensor.from_dlpack(states.name(), to_window(batch[:, i : i + 1])) for i in range(count)]
 
 
 def _respond(request: Any, response: Any) -> None:
@@ -147,13 +148,9 @@ class TritonPythonModel:
             for recording in live:
                 _respond(recording.request, serving.error_response(pb_utils, exc))
             return []
+        main, assistant = (_per_window(encoded[n], len(live)) for n in ("ENCODER_STATES", "ASSISTANT_STATES"))
         calls = [
-            self.decoder_calls.submit(
-                self._decode,
-                recording,
-                [_window(encoded["ENCODER_STATES"], i), _window(encoded["ASSISTANT_STATES"], i)],
-                frames,
-            )
+            self.decoder_calls.submit(self._decode, recording, [main[i], assistant[i]], frames)
             for i, (recording, (_, frames)) in enumerate(zip(live, cut, strict=True))
         ]
         going = []
